@@ -1,0 +1,233 @@
+//! The arguments of the `qubes.Connect*` services: pure parsers shared by the
+//! client applets (the unit's `%i`) and the service applets (what qrexec
+//! delivers as `QREXEC_SERVICE_ARGUMENT`).
+//!
+//! Each parser accepts exactly one spelling of each value, so that the same
+//! connection always has the same call string, which is what dom0 policy
+//! matches (`qubes.ConnectTCP +22`, never `+022`).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use crate::call::{MAX_FIELD, is_call_char};
+
+/// A TCP port, 1-65535, in its canonical decimal spelling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Port(u16);
+
+impl Port {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || format!("port '{s}' is not a number from 1 to 65535 without leading zeros");
+        if s.is_empty()
+            || s.len() > 5
+            || !s.bytes().all(|b| b.is_ascii_digit())
+            || s.starts_with('0')
+        {
+            return Err(bad());
+        }
+        match s.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(Port(port)),
+            _ => Err(bad()),
+        }
+    }
+
+    pub fn get(self) -> u16 {
+        self.0
+    }
+}
+
+impl fmt::Display for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An IPv4 source address on the loopback network (127.0.0.0/8), in dotted-quad form.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoopbackAddr(Ipv4Addr);
+
+impl LoopbackAddr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        // Ipv4Addr's parser takes only four decimal octets without leading
+        // zeros, so the accepted spelling is canonical.
+        let addr: Ipv4Addr = s
+            .parse()
+            .map_err(|_| format!("bind address '{s}' is not an IPv4 address like 127.0.1.1"))?;
+        if !addr.is_loopback() {
+            return Err(format!(
+                "bind address '{s}' is outside 127.0.0.0/8: the bind side stays on the loopback interface"
+            ));
+        }
+        Ok(LoopbackAddr(addr))
+    }
+
+    pub fn get(self) -> Ipv4Addr {
+        self.0
+    }
+}
+
+impl fmt::Display for LoopbackAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `PORT-BINDADDR`, the argument of `qubes.ConnectTCPBind`: connect to
+/// `127.0.0.1:PORT` from `BINDADDR`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpBind {
+    pub port: Port,
+    pub bind: LoopbackAddr,
+}
+
+impl TcpBind {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (port, bind) = s
+            .split_once('-')
+            .ok_or_else(|| format!("'{s}' is not PORT-BINDADDR (for example 2049-127.0.1.1)"))?;
+        Ok(TcpBind {
+            port: Port::parse(port)?,
+            bind: LoopbackAddr::parse(bind)?,
+        })
+    }
+}
+
+impl fmt::Display for TcpBind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.port, self.bind)
+    }
+}
+
+/// The longest socket name: what fits in a call after `qubes.ConnectUnix+`.
+pub const MAX_SOCKET_NAME: usize = MAX_FIELD - "qubes.ConnectUnix+".len();
+
+/// A name in the `qubes.ConnectUnix/` allow-list directory: one path
+/// component, never `.`, `..` or hidden, only bytes qrexec carries unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketName(String);
+
+impl SocketName {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("empty socket name".into());
+        }
+        if s.starts_with('.') {
+            return Err(format!("socket name '{s}' starts with '.'"));
+        }
+        if s.len() > MAX_SOCKET_NAME {
+            return Err(format!(
+                "socket name longer than {MAX_SOCKET_NAME} bytes (the whole call must fit in {MAX_FIELD})"
+            ));
+        }
+        if let Some(c) = s.chars().find(|&c| !is_call_char(c) || c == '+') {
+            return Err(format!(
+                "character {c:?} is not allowed in a socket name (A-Z a-z 0-9 _ . -)"
+            ));
+        }
+        Ok(SocketName(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SocketName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        assert_eq!(Port::parse("1").unwrap().get(), 1);
+        assert_eq!(Port::parse("22").unwrap().get(), 22);
+        assert_eq!(Port::parse("65535").unwrap().get(), 65535);
+        for bad in [
+            "",
+            "0",
+            "65536",
+            "-1",
+            "+22",
+            "0022",
+            "022",
+            "22 ",
+            " 22",
+            "2a",
+            "١٢",
+            "99999999999",
+        ] {
+            assert!(Port::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn loopback_addresses() {
+        assert_eq!(
+            LoopbackAddr::parse("127.0.1.1").unwrap().to_string(),
+            "127.0.1.1"
+        );
+        assert!(LoopbackAddr::parse("127.255.255.254").is_ok());
+        for bad in [
+            "",
+            "10.0.0.1",
+            "::1",
+            "127.0.0",
+            "127.000.0.1",
+            "127.0.0.1 ",
+            "localhost",
+        ] {
+            assert!(LoopbackAddr::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn tcp_binds() {
+        let b = TcpBind::parse("2049-127.0.1.1").unwrap();
+        assert_eq!(
+            (b.port.get(), b.bind.to_string().as_str()),
+            (2049, "127.0.1.1")
+        );
+        assert_eq!(b.to_string(), "2049-127.0.1.1");
+        for bad in [
+            "2049",
+            "2049-",
+            "-127.0.0.1",
+            "2049-10.0.0.1",
+            "2049-::1",
+            "2049-127.0.0.1-x",
+            "0-127.0.0.1",
+            "02049-127.0.0.1",
+        ] {
+            assert!(TcpBind::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn socket_names() {
+        assert_eq!(
+            SocketName::parse("gpg-agent-ssh").unwrap().as_str(),
+            "gpg-agent-ssh"
+        );
+        assert!(SocketName::parse("S.gpg-agent.ssh").is_ok());
+        assert!(SocketName::parse(&"a".repeat(MAX_SOCKET_NAME)).is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "a+b",
+            "a\0b",
+            &"a".repeat(300),
+            &"a".repeat(MAX_SOCKET_NAME + 1),
+        ] {
+            assert!(SocketName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

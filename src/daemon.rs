@@ -1,0 +1,685 @@
+//! The client-side event loop: accept on every passed socket, hand each
+//! connection to its own qrexec-client-vm, log how it ended.
+//!
+//! One `mio::Poll` in one thread watches the listeners, each child's pidfd
+//! (`pidfd_open(2)`: readable when it exits, so it is reaped without a
+//! blocking `waitpid`), each child's stderr pipe, and a signalfd for
+//! SIGTERM/SIGINT/SIGHUP/SIGPIPE. The daemon relays no data: the accepted
+//! socket is the child's stdin and stdout, and the daemon's copy is closed as
+//! soon as the child runs, so its memory does not grow with traffic.
+
+use std::io;
+use std::net::{SocketAddr, SocketAddrV6};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use crate::call::{Call, Target};
+use crate::error::{Context as _, Result};
+use crate::notify::Notifier;
+use crate::qrexec::{Client, Outcome};
+use crate::sys::process::{self, Exit, SignalFd, signal_name};
+use crate::sys::socket::{self, SockAddr};
+
+/// Listener `i` has token `i`; connection slot `k` has `FIRST_CONNECTION + 2k`
+/// for its pidfd and the next token for its stderr.
+const SIGNALS: Token = Token(usize::MAX - 1);
+const FIRST_CONNECTION: usize = 1 << 20;
+/// How long accepting pauses after EMFILE, ENFILE, ENOBUFS or ENOMEM.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long children get between SIGTERM and SIGKILL once draining timed out.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// STATUS= goes to the manager at most this often.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the command line decided.
+#[derive(Debug)]
+pub struct Options {
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+    pub exit_idle_time: Option<Duration>,
+}
+
+/// A listening socket and where its connections go.
+pub struct Listener {
+    pub fd: OwnedFd,
+    pub addr: SockAddr,
+    pub target: Target,
+    pub call: Call,
+}
+
+/// Who connected, kept small: 1,000 open connections must cost little memory.
+#[derive(Clone, Copy)]
+enum Peer {
+    Inet(SocketAddr),
+    /// A Unix socket client, by its process (`SO_PEERCRED`).
+    Process {
+        pid: i32,
+        uid: u32,
+    },
+    Vsock {
+        cid: u32,
+        port: u32,
+    },
+    Unknown,
+}
+
+impl Peer {
+    fn of(fd: &OwnedFd, addr: SockAddr) -> Self {
+        match addr {
+            SockAddr::Inet(SocketAddr::V6(a)) => {
+                Peer::Inet(SocketAddrV6::new(*a.ip(), a.port(), 0, a.scope_id()).into())
+            }
+            SockAddr::Inet(a) => Peer::Inet(a),
+            SockAddr::Vsock { cid, port } => Peer::Vsock { cid, port },
+            SockAddr::UnixPath(_) | SockAddr::UnixAbstract(_) | SockAddr::UnixUnnamed => {
+                match socket::peer_cred(fd.as_fd()) {
+                    Ok(c) => Peer::Process {
+                        pid: c.pid,
+                        uid: c.uid,
+                    },
+                    Err(_) => Peer::Unknown,
+                }
+            }
+            SockAddr::Other(_) => Peer::Unknown,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Inet(a) => a.fmt(f),
+            Peer::Process { pid, uid } => write!(f, "pid {pid} uid {uid}"),
+            Peer::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            Peer::Unknown => f.write_str("unknown peer"),
+        }
+    }
+}
+
+/// One connection: the qrexec-client-vm that serves it.
+struct Connection {
+    pid: u32,
+    pidfd: OwnedFd,
+    /// Closed at EOF; the child may live on without it.
+    stderr: Option<OwnedFd>,
+    listener: u32,
+    peer: Peer,
+    started: Instant,
+}
+
+/// Counters for STATUS= and the final log line.
+#[derive(Default)]
+struct Counters {
+    served: u64,
+    refused: u64,
+    failed: u64,
+}
+
+/// Where the daemon is in its life.
+enum Phase {
+    Serving,
+    /// SIGTERM or SIGINT arrived: no new connections; running ones may finish
+    /// until the deadline.
+    Draining {
+        deadline: Instant,
+    },
+    /// The deadline passed: children got SIGTERM, SIGKILL follows at the deadline.
+    Terminating {
+        deadline: Instant,
+    },
+}
+
+struct Context {
+    poll: Poll,
+    signals: SignalFd,
+    listeners: Vec<Listener>,
+    slots: Vec<Option<Connection>>,
+    free: Vec<u32>,
+    active: usize,
+    client: Client,
+    options: Options,
+    notifier: Notifier,
+    counters: Counters,
+    /// Listeners are registered with the poll.
+    accepting: bool,
+    /// Accepting pauses until then after running out of fds or memory.
+    backoff_until: Option<Instant>,
+    phase: Phase,
+    /// When the last connection ended (or start-up), for --exit-idle-time.
+    idle_since: Instant,
+    status_due: Option<Instant>,
+    status_sent: Instant,
+}
+
+/// Serves the listeners until a signal or idleness ends the daemon.
+pub fn run(
+    listeners: Vec<Listener>,
+    client: Client,
+    options: Options,
+    notifier: Notifier,
+) -> Result<()> {
+    let poll = Poll::new().context(|| "create the event loop".into())?;
+    let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE])
+        .context(|| "set up signal handling".into())?;
+    poll.registry()
+        .register(
+            &mut SourceFd(&signals.as_fd().as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )
+        .context(|| "watch signals".into())?;
+    let now = Instant::now();
+    let mut cx = Context {
+        poll,
+        signals,
+        listeners,
+        slots: Vec::new(),
+        free: Vec::new(),
+        active: 0,
+        client,
+        options,
+        notifier,
+        counters: Counters::default(),
+        accepting: false,
+        backoff_until: None,
+        phase: Phase::Serving,
+        idle_since: now,
+        status_due: None,
+        status_sent: now - STATUS_INTERVAL,
+    };
+    for listener in &cx.listeners {
+        sys_nonblocking(&listener.fd)?;
+    }
+    cx.set_accepting(true)?;
+    cx.notify("READY=1");
+    cx.event_loop()
+}
+
+fn sys_nonblocking(fd: &OwnedFd) -> Result<()> {
+    crate::sys::set_nonblocking(fd.as_fd(), true)
+        .context(|| format!("make fd {} non-blocking", fd.as_raw_fd()))
+}
+
+impl Context {
+    fn event_loop(&mut self) -> Result<()> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(crate::error::Error::io("wait for events", e));
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signals(),
+                    Token(i) if i < FIRST_CONNECTION => self.accept_all(i),
+                    Token(t) => {
+                        let slot = (t - FIRST_CONNECTION) / 2;
+                        if (t - FIRST_CONNECTION) % 2 == 0 {
+                            self.on_child_exit(slot);
+                        } else {
+                            self.on_stderr(slot);
+                        }
+                    }
+                }
+            }
+            if self.on_timers()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The earliest moment a timer needs the loop to wake up.
+    fn next_deadline(&self) -> Option<Instant> {
+        let phase = match self.phase {
+            Phase::Serving => None,
+            Phase::Draining { deadline } | Phase::Terminating { deadline } => Some(deadline),
+        };
+        let idle = match (self.options.exit_idle_time, &self.phase) {
+            (Some(idle), Phase::Serving) if self.active == 0 => Some(self.idle_since + idle),
+            _ => None,
+        };
+        [self.backoff_until, phase, idle, self.status_due]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Acts on the timers that are due; `Ok(true)` when the daemon is done.
+    fn on_timers(&mut self) -> Result<bool> {
+        let now = Instant::now();
+        if self.backoff_until.is_some_and(|t| t <= now) {
+            self.backoff_until = None;
+            if matches!(self.phase, Phase::Serving) && self.active < self.options.max_connections {
+                debug!("resuming accepting connections");
+                self.set_accepting(true)?;
+            }
+        }
+        if self.status_due.is_some_and(|t| t <= now) {
+            self.status_due = None;
+            self.send_status(now);
+        }
+        match self.phase {
+            Phase::Serving => {
+                if let Some(idle) = self.options.exit_idle_time
+                    && self.active == 0
+                    && now >= self.idle_since + idle
+                {
+                    info!(
+                        "no connection for {}s, exiting; the socket unit keeps listening and starts us again",
+                        idle.as_secs()
+                    );
+                    return Ok(true);
+                }
+            }
+            Phase::Draining { deadline } => {
+                if self.active == 0 {
+                    info!("all connections finished, exiting");
+                    return Ok(true);
+                }
+                if now >= deadline {
+                    warn!(
+                        "{} connections still open after {}s, ending them (SIGTERM)",
+                        self.active,
+                        self.options.drain_timeout.as_secs()
+                    );
+                    self.signal_children(libc::SIGTERM);
+                    self.phase = Phase::Terminating {
+                        deadline: now + KILL_GRACE,
+                    };
+                }
+            }
+            Phase::Terminating { deadline } => {
+                if self.active == 0 {
+                    info!("all connections ended, exiting");
+                    return Ok(true);
+                }
+                if now >= deadline {
+                    warn!("{} children ignored SIGTERM, killing them", self.active);
+                    self.signal_children(libc::SIGKILL);
+                    self.reap_all_blocking();
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn notify(&self, message: &str) {
+        if let Err(e) = self.notifier.send(message) {
+            warn!("failed to notify the service manager ({message}): {e}, ignoring");
+        }
+    }
+
+    /// Schedules a STATUS= update, at most one per STATUS_INTERVAL.
+    fn status_changed(&mut self) {
+        if self.notifier.is_enabled() && self.status_due.is_none() {
+            self.status_due = Some(self.status_sent + STATUS_INTERVAL);
+        }
+    }
+
+    fn send_status(&mut self, now: Instant) {
+        self.status_sent = now;
+        let c = &self.counters;
+        self.notify(&format!(
+            "STATUS={} active, {} served, {} refused, {} failed",
+            self.active, c.served, c.refused, c.failed
+        ));
+    }
+
+    /// Registers or deregisters every listener. Deregistered, new connections
+    /// wait in the kernel's backlog; registering again reports them at once.
+    fn set_accepting(&mut self, on: bool) -> Result<()> {
+        if on == self.accepting {
+            return Ok(());
+        }
+        let registry = self.poll.registry();
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let fd = listener.fd.as_raw_fd();
+            let result = if on {
+                registry.register(&mut SourceFd(&fd), Token(i), Interest::READABLE)
+            } else {
+                registry.deregister(&mut SourceFd(&fd))
+            };
+            result.context(|| format!("watch {}", listener.addr))?;
+        }
+        self.accepting = on;
+        Ok(())
+    }
+
+    /// Accepts until the backlog is empty (mio is edge-triggered) or a limit is hit.
+    fn accept_all(&mut self, index: usize) {
+        while self.accepting {
+            let accepted = socket::accept(self.listeners[index].fd.as_fd());
+            match accepted {
+                Ok((fd, addr)) => self.start(index, fd, addr),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => continue,
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        warn!(
+                            "cannot accept on {}: {e}; pausing for {} ms",
+                            self.listeners[index].addr,
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                        self.pause_accepting();
+                        self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                        return;
+                    }
+                    _ => {
+                        error!(
+                            "cannot accept on {}: {e}, ignoring",
+                            self.listeners[index].addr
+                        );
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn pause_accepting(&mut self) {
+        if let Err(e) = self.set_accepting(false) {
+            error!("{e}, ignoring");
+        }
+    }
+
+    /// Spawns qrexec-client-vm for a new connection.
+    fn start(&mut self, index: usize, fd: OwnedFd, addr: SockAddr) {
+        let peer = Peer::of(&fd, addr);
+        let listener = &self.listeners[index];
+        let spawned = self
+            .client
+            .spawn(fd, &listener.target, &listener.call)
+            .and_then(|s| Ok((process::pidfd_open(s.pid)?, s)));
+        let (pidfd, spawned) = match spawned {
+            Ok(ok) => ok,
+            Err(e) => {
+                error!(
+                    target: "connection",
+                    QREXEC_TARGET = listener.target.as_str(), QREXEC_CALL = listener.call.as_str();
+                    "{peer} -> {} {}: cannot run {}: {e}; connection closed",
+                    listener.target, listener.call, self.client.path.display()
+                );
+                self.counters.failed += 1;
+                self.status_changed();
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN)
+                ) {
+                    self.pause_accepting();
+                    self.backoff_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                }
+                return;
+            }
+        };
+        debug!(
+            "{peer} -> {} {}: qrexec-client-vm pid {}",
+            listener.target, listener.call, spawned.pid
+        );
+        let slot = match self.free.pop() {
+            Some(slot) => slot as usize,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let registry = self.poll.registry();
+        let token = FIRST_CONNECTION + 2 * slot;
+        let registered = crate::sys::set_nonblocking(spawned.stderr.as_fd(), true)
+            .and_then(|()| {
+                registry.register(
+                    &mut SourceFd(&pidfd.as_raw_fd()),
+                    Token(token),
+                    Interest::READABLE,
+                )
+            })
+            .and_then(|()| {
+                registry.register(
+                    &mut SourceFd(&spawned.stderr.as_raw_fd()),
+                    Token(token + 1),
+                    Interest::READABLE,
+                )
+            });
+        if let Err(e) = registered {
+            // The pidfd is what tells us the child ended; without it we can
+            // only end the child now.
+            error!(
+                "cannot watch qrexec-client-vm pid {}: {e}; ending it",
+                spawned.pid
+            );
+            let _ = process::kill(spawned.pid, libc::SIGKILL);
+            let _ = process::wait(spawned.pid);
+            self.free.push(slot as u32);
+            self.counters.failed += 1;
+            return;
+        }
+        self.slots[slot] = Some(Connection {
+            pid: spawned.pid,
+            pidfd,
+            stderr: Some(spawned.stderr),
+            listener: index as u32,
+            peer,
+            started: Instant::now(),
+        });
+        self.active += 1;
+        self.status_changed();
+        if self.active >= self.options.max_connections {
+            debug!(
+                "{} connections open (--max-connections), pausing accepting",
+                self.active
+            );
+            self.pause_accepting();
+        }
+    }
+
+    /// Logs what a child wrote to stderr, a line at a time, with its connection.
+    fn on_stderr(&mut self, slot: usize) {
+        let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let listener = &self.listeners[conn.listener as usize];
+        if drain_stderr(conn.stderr.as_ref(), conn.peer, listener) {
+            // EOF: closing the fd also removes it from the poll.
+            conn.stderr = None;
+        }
+    }
+
+    fn on_child_exit(&mut self, slot: usize) {
+        let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let exit = match process::try_wait(conn.pid) {
+            Ok(Some(exit)) => exit,
+            Ok(None) => return,
+            Err(e) => {
+                error!("cannot reap qrexec-client-vm pid {}: {e}", conn.pid);
+                Exit::Code(255)
+            }
+        };
+        let conn = self.slots[slot].take().expect("checked above");
+        self.release(conn, exit);
+        self.free.push(slot as u32);
+    }
+
+    /// The one place a connection ends: last stderr lines, the log line,
+    /// counters, and accepting again if the limit had stopped it.
+    fn release(&mut self, conn: Connection, exit: Exit) {
+        let listener = &self.listeners[conn.listener as usize];
+        drain_stderr(conn.stderr.as_ref(), conn.peer, listener);
+        let outcome = Outcome {
+            exit,
+            target: &listener.target,
+        };
+        let elapsed = conn.started.elapsed();
+        let level = if outcome.is_success() {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            target: "connection",
+            level,
+            QREXEC_TARGET = listener.target.as_str(),
+            QREXEC_CALL = listener.call.as_str(),
+            QREXEC_PEER:% = conn.peer,
+            QREXEC_STATUS = outcome.code();
+            "{} -> {} {}: {} after {}.{:03}s",
+            conn.peer,
+            listener.target,
+            listener.call,
+            outcome,
+            elapsed.as_secs(),
+            elapsed.subsec_millis()
+        );
+        if outcome.is_success() {
+            self.counters.served += 1;
+        } else if outcome.is_refusal() {
+            self.counters.refused += 1;
+        } else {
+            self.counters.failed += 1;
+        }
+        self.active -= 1;
+        if self.active == 0 {
+            self.idle_since = Instant::now();
+        }
+        self.status_changed();
+        drop(conn);
+        if matches!(self.phase, Phase::Serving)
+            && self.backoff_until.is_none()
+            && self.active < self.options.max_connections
+            && let Err(e) = self.set_accepting(true)
+        {
+            error!("{e}, ignoring");
+        }
+    }
+
+    fn on_signals(&mut self) {
+        loop {
+            match self.signals.read() {
+                Ok(Some(sig @ (libc::SIGTERM | libc::SIGINT))) => self.start_draining(sig),
+                Ok(Some(sig)) => info!("received {}, ignoring", signal_name(sig)),
+                Ok(None) => return,
+                Err(e) => {
+                    error!("cannot read signals: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start_draining(&mut self, signal: i32) {
+        if !matches!(self.phase, Phase::Serving) {
+            debug!("received {} again while stopping", signal_name(signal));
+            return;
+        }
+        info!(
+            "received {}: no new connections; waiting up to {}s for {} open ones",
+            signal_name(signal),
+            self.options.drain_timeout.as_secs(),
+            self.active
+        );
+        self.notify("STOPPING=1");
+        self.pause_accepting();
+        self.backoff_until = None;
+        self.phase = Phase::Draining {
+            deadline: Instant::now() + self.options.drain_timeout,
+        };
+    }
+
+    fn signal_children(&self, signal: i32) {
+        for conn in self.slots.iter().flatten() {
+            if let Err(e) = process::kill(conn.pid, signal) {
+                debug!("cannot signal pid {}: {e}", conn.pid);
+            }
+        }
+    }
+
+    /// After SIGKILL: every child ends at once, so waiting cannot hang.
+    fn reap_all_blocking(&mut self) {
+        for slot in 0..self.slots.len() {
+            if let Some(conn) = self.slots[slot].take() {
+                let exit = process::wait(conn.pid).unwrap_or(Exit::Signal(libc::SIGKILL));
+                self.release(conn, exit);
+            }
+        }
+    }
+}
+
+/// Reads what is available on a child's stderr and logs it line by line.
+/// Returns true at EOF (or when there is no stderr left).
+fn drain_stderr(fd: Option<&OwnedFd>, peer: Peer, route: &Listener) -> bool {
+    let Some(fd) = fd else {
+        return true;
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        match crate::sys::read(fd.as_fd(), &mut buf) {
+            Ok(0) => return true,
+            Ok(n) => {
+                for line in buf[..n].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    warn!(
+                        target: "connection",
+                        QREXEC_TARGET = route.target.as_str(), QREXEC_CALL = route.call.as_str();
+                        "{peer} -> {} {}: {}",
+                        route.target,
+                        route.call,
+                        String::from_utf8_lossy(line).trim_end()
+                    );
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                debug!("cannot read a child's stderr: {e}");
+                return true;
+            }
+        }
+    }
+}
+
+/// Serves one already-accepted connection (a unit with `Accept=yes`) and
+/// returns qrexec-client-vm's exit status.
+pub fn serve_one(route: &Listener, client: &Client) -> Result<u8> {
+    let fd = route
+        .fd
+        .try_clone()
+        .context(|| "duplicate the connection".into())?;
+    let addr = socket::peer_addr(fd.as_fd()).unwrap_or(SockAddr::UnixUnnamed);
+    let peer = Peer::of(&fd, addr);
+    crate::sys::set_nonblocking(fd.as_fd(), false)
+        .context(|| "make the connection blocking".into())?;
+    let spawned = client
+        .spawn(fd, &route.target, &route.call)
+        .context(|| format!("run {}", client.path.display()))?;
+    // Blocking reads: there is nothing else to wait for.
+    drain_stderr(Some(&spawned.stderr), peer, route);
+    let exit = process::wait(spawned.pid).context(|| "wait for qrexec-client-vm".into())?;
+    let outcome = Outcome {
+        exit,
+        target: &route.target,
+    };
+    let level = if outcome.is_success() {
+        log::Level::Info
+    } else {
+        log::Level::Warn
+    };
+    log::log!(
+        level,
+        "{peer} -> {} {}: {outcome}",
+        route.target,
+        route.call
+    );
+    Ok(outcome.code())
+}
+
+// The peer is stored per connection: keep it small.
+const _: () = assert!(std::mem::size_of::<Peer>() <= 32);

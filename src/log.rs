@@ -1,0 +1,60 @@
+//! Where log lines go: the journal when our stderr is connected to it
+//! (`systemd_journal_logger::connected_to_journal()`), plain lines on stderr
+//! otherwise (a terminal, `systemd-socket-activate`, tests).
+//!
+//! Structured fields travel as `log` key-values; the journal stores them as
+//! fields (`QREXEC_TARGET=work`), stderr shows only the message.
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use std::io::Write;
+
+/// Installs the logger for the applet `identifier` (SYSLOG_IDENTIFIER in the journal).
+pub fn init(identifier: &'static str, verbose: bool) {
+    let level = if verbose {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    };
+    let journal = if systemd_journal_logger::connected_to_journal() {
+        systemd_journal_logger::JournalLog::new()
+            .ok()
+            .map(|j| j.with_syslog_identifier(identifier.to_owned()))
+    } else {
+        None
+    };
+    let installed = match journal {
+        Some(journal) => log::set_boxed_logger(Box::new(journal)),
+        None => log::set_boxed_logger(Box::new(Stderr { identifier })),
+    };
+    // A second init (only in tests) keeps the first logger.
+    if installed.is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+/// One line per record: `identifier: level: message`, level omitted for info.
+struct Stderr {
+    identifier: &'static str,
+}
+
+impl Log for Stderr {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        let level = match record.level() {
+            Level::Error => "error: ",
+            Level::Warn => "warning: ",
+            Level::Info => "",
+            Level::Debug => "debug: ",
+            Level::Trace => "trace: ",
+        };
+        // One write per line, so lines of concurrent writers do not interleave;
+        // a failed write to stderr has nowhere to be reported.
+        let line = format!("{}: {level}{}\n", self.identifier, record.args());
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}

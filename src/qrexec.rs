@@ -1,0 +1,227 @@
+//! The `qrexec-client-vm(1)` command: how we run it for one connection, and
+//! what its exit status means.
+//!
+//! `qrexec-client-vm [OPTIONS] -- TARGET SERVICE+ARG`: options must come
+//! before the target (getopt stops at the first non-option) and anything after
+//! the call would be run as a local program, hence the `--`.
+//! `--use-stdin-socket` (qrexec 4.2.19, Qubes R4.3) makes it treat fd 0 as a
+//! socket it may `shutdown(SHUT_WR)` when the service closes its output, so the
+//! local client sees EOF at once; older versions only close fd 1, which a
+//! client whose socket is both stdin and stdout never notices.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::call::{Call, Target};
+use crate::sys::process::{Exit, signal_name};
+
+/// Where qrexec-client-vm is installed in every Qubes VM.
+pub const DEFAULT_PATH: &str = "/usr/bin/qrexec-client-vm";
+/// The option that marks fd 0 as a socket; its presence in `-h` tells support.
+pub const STDIN_SOCKET_FLAG: &str = "--use-stdin-socket";
+
+/// Whether to pass `--use-stdin-socket` (`--stdin-socket=auto|yes|no`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdinSocket {
+    Auto,
+    Yes,
+    No,
+}
+
+impl std::str::FromStr for StdinSocket {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(StdinSocket::Auto),
+            "yes" => Ok(StdinSocket::Yes),
+            "no" => Ok(StdinSocket::No),
+            _ => Err(format!("--stdin-socket takes auto, yes or no, not '{s}'")),
+        }
+    }
+}
+
+/// How to run qrexec-client-vm for each connection.
+#[derive(Debug)]
+pub struct Client {
+    pub path: PathBuf,
+    /// Extra options given after `--` on our command line (e.g. `--buffer-size=N`).
+    pub options: Vec<OsString>,
+    pub stdin_socket: bool,
+}
+
+/// A running qrexec-client-vm: its pid and the read end of its stderr.
+pub struct Spawned {
+    pub pid: u32,
+    pub stderr: OwnedFd,
+}
+
+impl Client {
+    /// Asks the installed qrexec-client-vm whether it knows `--use-stdin-socket`
+    /// (its `-h` usage lists its options). `Err` when it cannot be run.
+    pub fn supports_stdin_socket(path: &std::path::Path) -> io::Result<bool> {
+        let out = Command::new(path)
+            .arg("-h")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()?;
+        let mentions = |text: &[u8]| {
+            text.windows(STDIN_SOCKET_FLAG.len())
+                .any(|w| w == STDIN_SOCKET_FLAG.as_bytes())
+        };
+        Ok(mentions(&out.stdout) || mentions(&out.stderr))
+    }
+
+    /// The arguments after the program name.
+    pub fn args<'a>(&'a self, target: &'a Target, call: &'a Call) -> Vec<&'a OsStr> {
+        let mut args: Vec<&OsStr> = self.options.iter().map(OsString::as_os_str).collect();
+        if self.stdin_socket {
+            args.push(OsStr::new(STDIN_SOCKET_FLAG));
+        }
+        args.extend([
+            OsStr::new("--"),
+            OsStr::new(target.as_str()),
+            OsStr::new(call.as_str()),
+        ]);
+        args
+    }
+
+    /// Starts qrexec-client-vm with `connection` as its stdin and stdout and a
+    /// new pipe as its stderr. Our copy of the connection is closed on return.
+    pub fn spawn(&self, connection: OwnedFd, target: &Target, call: &Call) -> io::Result<Spawned> {
+        let stdin = connection.try_clone()?;
+        let mut child = Command::new(&self.path)
+            .args(self.args(target, call))
+            .stdin(Stdio::from(stdin))
+            .stdout(Stdio::from(connection))
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let stderr = child.stderr.take().expect("stderr was requested as a pipe");
+        // Dropping `child` neither waits nor kills: the daemon reaps it when
+        // its pidfd says it ended.
+        Ok(Spawned {
+            pid: child.id(),
+            stderr: stderr.into(),
+        })
+    }
+}
+
+/// What an exit status of qrexec-client-vm means, in words, for the log.
+pub struct Outcome<'a> {
+    pub exit: Exit,
+    pub target: &'a Target,
+}
+
+impl Outcome<'_> {
+    pub fn is_success(&self) -> bool {
+        self.exit == Exit::Code(0)
+    }
+
+    pub fn is_refusal(&self) -> bool {
+        self.exit == Exit::Code(126)
+    }
+
+    /// The status a process standing in for qrexec-client-vm should exit with.
+    pub fn code(&self) -> u8 {
+        match self.exit {
+            Exit::Code(code) => code as u8,
+            Exit::Signal(sig) => 128u8.wrapping_add(sig as u8),
+        }
+    }
+}
+
+impl fmt::Display for Outcome<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let target = self.target;
+        match self.exit {
+            Exit::Code(0) => f.write_str("done"),
+            Exit::Code(1) => {
+                f.write_str("failed (status 1: qrexec is not running here, or the service failed)")
+            }
+            Exit::Code(125) => write!(
+                f,
+                "the service exists in {target} but could not be started (status 125)"
+            ),
+            Exit::Code(126) => write!(
+                f,
+                "refused by policy, or {target} does not exist or cannot start (status 126)"
+            ),
+            Exit::Code(127) => write!(f, "no such service in {target} (status 127)"),
+            Exit::Code(255) => write!(f, "the connection to {target} closed early (status 255)"),
+            Exit::Code(code) if code > 128 => write!(
+                f,
+                "the service in {target} was killed by {} (status {code})",
+                signal_name(code - 128)
+            ),
+            Exit::Code(code) => write!(f, "the service in {target} failed (status {code})"),
+            Exit::Signal(sig) => write!(
+                f,
+                "qrexec-client-vm was killed by {} ({sig})",
+                signal_name(sig)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(exit: Exit) -> String {
+        let target = Target::parse("work").unwrap();
+        Outcome {
+            exit,
+            target: &target,
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn statuses_in_words() {
+        assert_eq!(words(Exit::Code(0)), "done");
+        assert!(words(Exit::Code(126)).starts_with("refused by policy"));
+        assert_eq!(
+            words(Exit::Code(127)),
+            "no such service in work (status 127)"
+        );
+        assert!(words(Exit::Code(125)).contains("could not be started"));
+        assert!(words(Exit::Code(255)).contains("closed early"));
+        assert!(words(Exit::Code(143)).contains("SIGTERM"));
+        assert!(words(Exit::Signal(9)).contains("qrexec-client-vm was killed by SIGKILL"));
+        assert!(words(Exit::Code(3)).contains("status 3"));
+    }
+
+    #[test]
+    fn options_before_the_target() {
+        let client = Client {
+            path: DEFAULT_PATH.into(),
+            options: vec!["--buffer-size=4096".into()],
+            stdin_socket: true,
+        };
+        let target = Target::parse("work").unwrap();
+        let call = Call::parse("qubes.ConnectTCP+22").unwrap();
+        assert_eq!(
+            client.args(&target, &call),
+            [
+                "--buffer-size=4096",
+                "--use-stdin-socket",
+                "--",
+                "work",
+                "qubes.ConnectTCP+22"
+            ]
+        );
+    }
+
+    #[test]
+    fn stdin_socket_option() {
+        assert_eq!("auto".parse(), Ok(StdinSocket::Auto));
+        assert_eq!("yes".parse(), Ok(StdinSocket::Yes));
+        assert_eq!("no".parse(), Ok(StdinSocket::No));
+        assert!("maybe".parse::<StdinSocket>().is_err());
+    }
+}

@@ -1,0 +1,247 @@
+//! Socket calls: inspecting passed sockets, accepting, and naming addresses.
+
+use std::fmt;
+use std::io;
+use std::mem::{MaybeUninit, size_of};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use super::syscall;
+
+/// A socket address of any family we serve, for logs and messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SockAddr {
+    Inet(SocketAddr),
+    /// A Unix socket path.
+    UnixPath(Box<str>),
+    /// A Unix socket in the abstract namespace, shown as `@name`.
+    UnixAbstract(Box<str>),
+    /// An unnamed Unix socket (most clients).
+    UnixUnnamed,
+    Vsock {
+        cid: u32,
+        port: u32,
+    },
+    Other(libc::sa_family_t),
+}
+
+impl fmt::Display for SockAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SockAddr::Inet(a) => a.fmt(f),
+            SockAddr::UnixPath(p) => f.write_str(p),
+            SockAddr::UnixAbstract(p) => write!(f, "@{p}"),
+            SockAddr::UnixUnnamed => f.write_str("unix"),
+            SockAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
+            SockAddr::Other(family) => write!(f, "address family {family}"),
+        }
+    }
+}
+
+/// Decodes the first `len` bytes of `storage` as a socket address.
+fn decode(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> SockAddr {
+    let len = len as usize;
+    let ptr: *const libc::sockaddr_storage = storage;
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the kernel wrote an AF_INET address of at least this
+            // size; sockaddr_storage is aligned for every sockaddr type.
+            let sin = unsafe { &*ptr.cast::<libc::sockaddr_in>() };
+            SockAddr::Inet(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for AF_INET6.
+            let sin6 = unsafe { &*ptr.cast::<libc::sockaddr_in6>() };
+            SockAddr::Inet(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                u32::from_be(sin6.sin6_flowinfo),
+                sin6.sin6_scope_id,
+            )))
+        }
+        libc::AF_UNIX => {
+            // SAFETY: as above, for AF_UNIX (any length up to the struct).
+            let sun = unsafe { &*ptr.cast::<libc::sockaddr_un>() };
+            let offset = size_of::<libc::sa_family_t>();
+            let path_len = len.saturating_sub(offset).min(sun.sun_path.len());
+            let path: Vec<u8> = sun.sun_path[..path_len].iter().map(|&c| c as u8).collect();
+            match path.split_first() {
+                None => SockAddr::UnixUnnamed,
+                Some((0, name)) => {
+                    SockAddr::UnixAbstract(String::from_utf8_lossy(name).into_owned().into())
+                }
+                Some(_) => {
+                    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+                    SockAddr::UnixPath(String::from_utf8_lossy(&path[..end]).into_owned().into())
+                }
+            }
+        }
+        libc::AF_VSOCK if len >= size_of::<libc::sockaddr_vm>() => {
+            // SAFETY: as above, for AF_VSOCK.
+            let svm = unsafe { &*ptr.cast::<libc::sockaddr_vm>() };
+            SockAddr::Vsock {
+                cid: svm.svm_cid,
+                port: svm.svm_port,
+            }
+        }
+        family => SockAddr::Other(family as libc::sa_family_t),
+    }
+}
+
+/// `getsockname(2)`: the local address of a socket.
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len describe a writable buffer of that size.
+    syscall!(getsockname(
+        fd.as_raw_fd(),
+        storage.as_mut_ptr().cast(),
+        &mut len
+    ))?;
+    // SAFETY: zeroed is a valid sockaddr_storage; the kernel wrote `len` bytes.
+    Ok(decode(unsafe { storage.assume_init_ref() }, len))
+}
+
+fn sockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len describe a writable c_int.
+    syscall!(getsockopt(
+        fd.as_raw_fd(),
+        level,
+        name,
+        (&mut value as *mut libc::c_int).cast(),
+        &mut len
+    ))?;
+    Ok(value)
+}
+
+/// What `getsockopt(2)` says about a passed socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SocketInfo {
+    /// `SO_DOMAIN`: AF_INET, AF_INET6, AF_UNIX, AF_VSOCK, ...
+    pub domain: i32,
+    /// `SO_TYPE`: SOCK_STREAM, SOCK_DGRAM, ...
+    pub kind: i32,
+    /// `SO_ACCEPTCONN`: a listening socket (otherwise a connected one).
+    pub listening: bool,
+}
+
+/// `getsockopt(SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN)`.
+pub fn socket_info(fd: BorrowedFd<'_>) -> io::Result<SocketInfo> {
+    Ok(SocketInfo {
+        domain: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+        kind: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
+        listening: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0,
+    })
+}
+
+/// `accept4(SOCK_CLOEXEC)`: a new connection, blocking (children get it as
+/// stdio), never inherited by anyone but the child it is given to.
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, SockAddr)> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len describe a writable buffer of that size.
+    let fd = syscall!(accept4(
+        listener.as_raw_fd(),
+        storage.as_mut_ptr().cast(),
+        &mut len,
+        libc::SOCK_CLOEXEC
+    ))?;
+    // SAFETY: accept4 returned a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zeroed is a valid sockaddr_storage; the kernel wrote `len` bytes.
+    Ok((fd, decode(unsafe { storage.assume_init_ref() }, len)))
+}
+
+/// The process at the other end of a Unix socket (`SO_PEERCRED`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+}
+
+/// `getpeername(2)`: the remote address of a connected socket.
+pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: storage and len describe a writable buffer of that size.
+    syscall!(getpeername(
+        fd.as_raw_fd(),
+        storage.as_mut_ptr().cast(),
+        &mut len
+    ))?;
+    // SAFETY: zeroed is a valid sockaddr_storage; the kernel wrote `len` bytes.
+    Ok(decode(unsafe { storage.assume_init_ref() }, len))
+}
+
+/// `getsockopt(SO_PEERCRED)`.
+pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len describe a writable ucred.
+    syscall!(getsockopt(
+        fd.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_PEERCRED,
+        (&mut cred as *mut libc::ucred).cast(),
+        &mut len
+    ))?;
+    Ok(PeerCred {
+        pid: cred.pid,
+        uid: cred.uid,
+    })
+}
+
+/// `shutdown(2)` of one or both directions.
+pub fn shutdown(fd: BorrowedFd<'_>, how: std::net::Shutdown) -> io::Result<()> {
+    let how = match how {
+        std::net::Shutdown::Read => libc::SHUT_RD,
+        std::net::Shutdown::Write => libc::SHUT_WR,
+        std::net::Shutdown::Both => libc::SHUT_RDWR,
+    };
+    syscall!(shutdown(fd.as_raw_fd(), how)).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    #[test]
+    fn names_addresses() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = local_addr(tcp.as_fd()).unwrap();
+        assert_eq!(addr, SockAddr::Inet(tcp.local_addr().unwrap()));
+        let info = socket_info(tcp.as_fd()).unwrap();
+        assert_eq!(
+            (info.domain, info.kind, info.listening),
+            (libc::AF_INET, libc::SOCK_STREAM, true)
+        );
+
+        let dir = std::env::temp_dir().join(format!("qc-sys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s");
+        let _ = std::fs::remove_file(&path);
+        let unix = UnixListener::bind(&path).unwrap();
+        assert_eq!(
+            local_addr(unix.as_fd()).unwrap().to_string(),
+            path.to_str().unwrap()
+        );
+        let client = UnixStream::connect(&path).unwrap();
+        let (accepted, peer) = accept(unix.as_fd()).unwrap();
+        assert_eq!(peer, SockAddr::UnixUnnamed);
+        let cred = peer_cred(accepted.as_fd()).unwrap();
+        assert_eq!(cred.pid, std::process::id() as i32);
+        assert!(!socket_info(client.as_fd()).unwrap().listening);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
