@@ -552,7 +552,15 @@ impl Context {
             self.idle_since = Instant::now();
         }
         self.status_changed();
-        drop(conn);
+        // The stderr pipe (if still open) leaves the poll when it is closed;
+        // the pidfd is deregistered explicitly before it is.
+        if let Err(e) = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&conn.pidfd.as_raw_fd()))
+        {
+            debug!("cannot stop watching pid {}: {e}", conn.pid);
+        }
         if matches!(self.phase, Phase::Serving)
             && self.backoff_until.is_none()
             && self.active < self.options.max_connections

@@ -127,7 +127,7 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
         }
         Err((message, _)) => return Err(Error::Usage(message.trim_end().to_owned())),
     };
-    crate::log::init(name, args.verbose);
+    crate::logging::init(name, args.verbose);
     let (call, used) = applet_call(name, &args).map_err(Error::Usage)?;
     let options: Vec<OsString> = args.rest[used..].iter().map(OsString::from).collect();
     if args.max_connections == 0 {

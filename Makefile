@@ -1,0 +1,11 @@
+# qrexec-connect: build, test, install.
+CARGO ?= cargo
+
+.PHONY: all test
+all:
+	$(CARGO) build --release
+
+# The whole test suite (what .ci/run runs).
+test:
+	RUSTFLAGS="-D warnings" $(CARGO) build --workspace --all-targets
+	$(CARGO) test --workspace
