@@ -72,8 +72,9 @@ pub struct SignalFd {
 impl SignalFd {
     /// Blocks `signals` (`sigprocmask`) and returns a non-blocking signalfd for them.
     ///
-    /// Children do not inherit the block: std resets the signal mask of every
-    /// process it spawns.
+    /// The block is inherited across fork and exec (std's `Command` resets
+    /// SIGPIPE in the child, not the mask): spawn children through
+    /// [`unblock_signals_in_child`].
     pub fn new(signals: &[i32]) -> io::Result<Self> {
         let mut set = MaybeUninit::<libc::sigset_t>::uninit();
         // SAFETY: sigemptyset initializes the set it is given.
@@ -119,6 +120,26 @@ impl SignalFd {
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.fd.as_fd()
+    }
+}
+
+/// Makes `command`'s child start with an empty signal mask, whatever this
+/// process blocks (the signals of its [`SignalFd`]): a qrexec-client-vm with
+/// SIGTERM blocked would ignore the daemon's SIGTERM at the drain timeout.
+pub fn unblock_signals_in_child(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook runs in the child between fork and exec and calls only
+    // sigemptyset and pthread_sigmask, which are async-signal-safe, on a set
+    // on its own stack.
+    unsafe {
+        command.pre_exec(|| {
+            let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            match libc::pthread_sigmask(libc::SIG_SETMASK, set.as_ptr(), std::ptr::null_mut()) {
+                0 => Ok(()),
+                err => Err(io::Error::from_raw_os_error(err)),
+            }
+        });
     }
 }
 
