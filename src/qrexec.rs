@@ -101,7 +101,6 @@ impl Client {
             .stdin(Stdio::from(stdin))
             .stdout(Stdio::from(connection))
             .stderr(Stdio::piped());
-        crate::sys::process::unblock_signals_in_child(&mut command);
         let mut child = command.spawn()?;
         // The command holds our copies of the connection until dropped.
         drop(command);
