@@ -1,7 +1,7 @@
 # qrexec-connect: build, test, install.
 CARGO ?= cargo
 
-.PHONY: all test demo
+.PHONY: all test demo bench
 all:
 	$(CARGO) build --release
 
@@ -12,3 +12,7 @@ test:
 # Forward a local port through qrexec-connect-tcp with the qrexec stand-in.
 demo:
 	bash tests/demo
+
+# The benchmark against socat, Accept=yes and the floors (bench/README.md).
+bench:
+	bench/run

@@ -25,7 +25,7 @@ pub const PEERS: [Peer; 4] = [Peer::Ours, Peer::Socat, Peer::Accept, Peer::Floor
 const NAMES: [&str; 4] = ["qrexec-connect-tcp", "socat", "Accept=yes", "floor"];
 const FLOOR: &str = "floor";
 /// A peer gets this long to start listening.
-const START_LIMIT: Duration = Duration::from_secs(5);
+const START_LIMIT: Duration = Duration::from_secs(15);
 /// Stand-ins and forks left after a measurement get this long to end.
 const REAP_LIMIT: Duration = Duration::from_secs(10);
 
@@ -234,7 +234,7 @@ fn rate_point(s: &Setup, r: &mut Results, peer: Peer, p: usize) -> Result<(), St
     });
     stop(r, peer, running);
     let cpu = sys::children_cpu().saturating_sub(cpu0);
-    warm.map_err(|e| format!("first connection: {e}"))?;
+    warm.map_err(|e| format!("first connection: {}", load::describe(&e)))?;
     let rate = rate.expect("measured when warm");
     if rate.errors > 0 {
         r.note(format!(
@@ -336,7 +336,7 @@ fn memory_levels(s: &Setup, r: &mut Results, peer: Peer, running: &Running) -> R
                 .map_err(|e| e.to_string())?;
             std::io::Write::write_all(&mut c, load::LINE).map_err(|e| e.to_string())?;
             load::read_line_echo(&mut c, Instant::now())
-                .map_err(|e| format!("connection {}: {e}", open.len() + 1))?;
+                .map_err(|e| format!("connection {}: {}", open.len() + 1, load::describe(&e)))?;
             open.push(c);
         }
         let (rss, pss) = procs::rss_pss(root).ok_or("the daemon is gone")?;
@@ -578,8 +578,16 @@ pub fn report(s: &Setup, r: &Results, plots: &Path) -> String {
             &data,
             &plots.join("rss.png"),
             "rss",
-            "set title 'Daemon RSS by open connections, median and range of repeats'\nset xlabel 'open connections'\nset ylabel 'RSS (MiB)'\nset yrange [0:*]",
-            &series(&|n| format!("rss@{n}"), &s.open_levels, 1.0 / 1024.0),
+            "set title 'Daemon RSS (and socat total PSS) by open connections, median and range of repeats'\nset xlabel 'open connections'\nset ylabel 'MiB'\nset logscale y\nset yrange [0.5:*]",
+            &{
+                let mut all = series(&|n| format!("rss@{n}"), &s.open_levels, 1.0 / 1024.0);
+                let socat = Peer::Socat.name();
+                let mut total = series(&|n| format!("fwd-pss@{n}"), &s.open_levels, 1.0 / 1024.0)
+                    .swap_remove(Peer::Socat as usize);
+                total.title = format!("{socat}: PSS of all its processes");
+                all.push(total);
+                all
+            },
         ),
     ];
     for p in plotted {
