@@ -474,6 +474,11 @@ fn write_results(s: &Setup, r: &mut Results, rep: &Report<'_>) -> String {
     if rep.do_service {
         md.push_str(&service::report(s, r));
     }
+    // Profiles are read, not measured: a hand-written section, kept across runs.
+    if let Ok(profile) = std::fs::read_to_string(s.root.join("bench/PROFILE.md")) {
+        md.push('\n');
+        md.push_str(&profile);
+    }
     md.push_str(PREDECESSOR);
     md.push_str("\n## Commands\n\n`bin/` is `bench/out/bin/`, links named as each program is invoked to the release binaries (`qrexec-client-vm` is the echo stand-in); PORT and ECHOPORT are free ports picked at run time.\n\n");
     for (peer, line) in &r.commands {
