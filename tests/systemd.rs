@@ -1,17 +1,341 @@
-//! qrexec-connect under a real systemd user manager: the installed units,
-//! as users write their drop-ins (see tests/common/user_manager.rs).
+//! qrexec-connect under a real systemd user manager (tests/common/user_manager.rs):
+//! the units as `make install` installs them (bind-mounted over /usr/local in
+//! the manager's namespace), the user's drop-ins exactly as the README shows
+//! them, the qrexec-client-vm stand-in in place of Qubes, and real servers.
+//!
+//! The client qube is called `dev` (as in policy-examples/). Each test listens
+//! on loopback addresses of its own, so tests may run in parallel.
 
 mod common;
 
-use common::user_manager::UserManager;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::{PermissionsExt, chown, symlink};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+use std::{fs, thread};
 
+use common::user_manager::{UserManager, test_user};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_qrexec-connect");
+const REPO: &str = env!("CARGO_MANIFEST_DIR");
+const CLIENT: &str = "dev";
+/// Waits on systemd and on connections: generous, they are met in far less.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The qrexec-client-vm stand-in, built with the workspace.
+fn standin() -> PathBuf {
+    // target/TRIPLE/debug/deps/systemd-HASH -> target/TRIPLE/debug/
+    let exe = std::env::current_exe().unwrap();
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("qrexec-client-vm")
+}
+
+/// A directory removed on drop, readable by the test user.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("qrc-systemd-{}-{n}", std::process::id()));
+        fs::create_dir(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        Scratch(path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A loopback address no other test of this process uses (and, by the pid
+/// in it, most likely no other process either).
+fn loopback() -> Ipv4Addr {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    Ipv4Addr::new(
+        127,
+        100 + (pid % 100) as u8,
+        (pid / 100 % 250) as u8,
+        1 + n as u8,
+    )
+}
+
+/// A user manager with qrexec-connect installed (`make install` into a
+/// DESTDIR, bind-mounted over /usr/local) and a qrexec world for the
+/// stand-in: `qrexec/policy`, `qrexec/qubes/NAME/...`.
+struct Lab {
+    manager: UserManager,
+    dir: Scratch,
+}
+
+impl Lab {
+    fn start() -> Option<Lab> {
+        let dir = Scratch::new();
+        let stage = dir.0.join("stage");
+        let out = Command::new("make")
+            .arg("-C")
+            .arg(REPO)
+            .arg("--no-print-directory")
+            .arg(format!("DESTDIR={}", stage.display()))
+            .arg(format!("BINARY={BINARY}"))
+            .arg("install")
+            .output()
+            .expect("run make");
+        assert!(out.status.success(), "make install: {out:?}");
+        let qrexec = dir.0.join("qrexec");
+        fs::create_dir_all(qrexec.join("qubes")).unwrap();
+        fs::write(qrexec.join("policy"), "").unwrap();
+        let manager = UserManager::setup()
+            .bind(stage.join("usr/local"), "/usr/local")
+            .env("QREXEC_CLIENT_VM", standin())
+            .env("QREXEC_STANDIN_ROOT", &qrexec)
+            .env("QREXEC_STANDIN_SOURCE", CLIENT)
+            .start()?;
+        // The stand-in, run by the user's services, records its calls here.
+        let user = test_user().unwrap();
+        chown(&qrexec, Some(user.uid), Some(user.gid)).unwrap();
+        Some(Lab { manager, dir })
+    }
+
+    fn qrexec(&self) -> PathBuf {
+        self.dir.0.join("qrexec")
+    }
+
+    /// dom0's policy, in the format of policy-examples/.
+    fn policy(&self, text: &str) {
+        fs::write(self.qrexec().join("policy"), text).unwrap();
+    }
+
+    /// A qube's service directory (/usr/local/etc/qubes-rpc in it).
+    fn services(&self, qube: &str) -> PathBuf {
+        let dir = self
+            .qrexec()
+            .join("qubes")
+            .join(qube)
+            .join("usr/local/etc/qubes-rpc");
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// In `qube`, `SERVICE+ARG` connects to a TCP port, as Qubes'
+    /// qubes.ConnectTCP symlink to /dev/tcp does.
+    fn tcp_service(&self, qube: &str, call: &str, to: SocketAddr) {
+        let link = self.services(qube).join(call);
+        symlink(format!("/dev/tcp/{}/{}", to.ip(), to.port()), link).unwrap();
+    }
+
+    /// In `qube`, the service links `make install-service` installed.
+    fn installed_services(&self, qube: &str) {
+        let installed = self.dir.0.join("stage/usr/local/etc/qubes-rpc");
+        for entry in fs::read_dir(installed).unwrap() {
+            let entry = entry.unwrap();
+            let target = fs::read_link(entry.path()).unwrap();
+            symlink(target, self.services(qube).join(entry.file_name())).unwrap();
+        }
+    }
+
+    fn reload(&self) {
+        self.manager.systemctl_ok(&["daemon-reload"]);
+    }
+
+    /// The journal lines of one user unit.
+    fn log(&self, unit: &str) -> String {
+        self.manager
+            .journal(&[&format!("_SYSTEMD_USER_UNIT={unit}")])
+    }
+}
+
+/// A TCP server standing for a service in a qube: answers each connection,
+/// once its client has finished sending, with `NAME` and a line, then what
+/// it received.
+struct Backend {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(name: &str) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let name = name.to_owned();
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let name = name.clone();
+                thread::spawn(move || {
+                    let mut received = Vec::new();
+                    if stream.read_to_end(&mut received).is_ok() {
+                        let _ = stream.write_all(format!("{name}\n").as_bytes());
+                        let _ = stream.write_all(&received);
+                    }
+                });
+            }
+        });
+        Backend {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends `data`, half-closes, and returns the whole answer.
+fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
+    let mut stream = TcpStream::connect_timeout(&addr, WAIT)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(data).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    stream
+        .read_to_end(&mut answer)
+        .unwrap_or_else(|e| panic!("read from {addr}: {e}"));
+    answer
+}
+
+/// Asserts that a connection to `addr` reached the backend named `qube`
+/// with all its bytes.
+fn assert_reaches(addr: SocketAddr, qube: &str) {
+    let data: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let answer = exchange(addr, &data);
+    let expected = [format!("{qube}\n").into_bytes(), data].concat();
+    assert!(
+        answer == expected,
+        "{addr} answered {} bytes starting {:?}, expected {qube}'s echo of {} bytes",
+        answer.len(),
+        String::from_utf8_lossy(&answer[..answer.len().min(40)]),
+        expected.len()
+    );
+}
+
+fn socket_addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+/// Seed 000: `qrexec-connect-tcp@1234.socket.d/gitweb.conf` forwards the port
+/// to `gitweb`; the service starts at the first connection and is active
+/// (running) only through READY=1.
 #[test]
-fn manager_starts() {
-    let Some(manager) = UserManager::start() else {
-        return;
-    };
-    let out = manager.systemctl_ok(&["list-units", "--plain", "--no-legend"]);
-    assert!(out.contains("default.target"), "{out}");
-    let journal = manager.run(&[], &["journalctl", "--user", "--no-pager"]);
-    eprintln!("{}", String::from_utf8_lossy(&journal.stdout));
+fn seed_000_tcp_port_to_a_named_qube() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let gitweb = Backend::start("gitweb");
+    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
+    lab.policy("qubes.ConnectTCP +1234 dev gitweb allow\n");
+    let ip = loopback();
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
+        &format!("[Socket]\nListenStream={ip}:1234\nFileDescriptorName=gitweb\n"),
+    );
+    lab.reload();
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let service = "qrexec-connect-tcp@1234.service";
+    assert_eq!(m.is_active("qrexec-connect-tcp@1234.socket"), "active");
+    assert_eq!(
+        m.is_active(service),
+        "inactive",
+        "started before any connection"
+    );
+
+    assert_reaches(socket_addr(ip, 1234), "gitweb");
+    assert_eq!(m.is_active(service), "active");
+    assert_eq!(m.property(service, "SubState"), "running");
+    // Type=notify: active only after READY=1; STATUS= comes from the daemon.
+    assert_eq!(m.property(service, "Type"), "notify");
+    m.wait_until("the daemon reports the connection served", WAIT, || {
+        m.property(service, "StatusText").contains("1 served")
+    });
+    let status = m.systemctl_ok(&["status", service]);
+    assert!(status.contains("active (running)"), "{status}");
+    assert!(
+        status.contains(&format!("{ip}:1234 -> gitweb qubes.ConnectTCP+1234")),
+        "the journal should show the listener:\n{status}"
+    );
+}
+
+/// Bad FileDescriptorName: the service fails to start, and status and the
+/// journal say why in one line.
+#[test]
+fn bad_file_descriptor_name_fails_with_the_reason() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let ip = loopback();
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/bad.conf",
+        &format!("[Socket]\nListenStream={ip}:1234\nFileDescriptorName=my#qube\n"),
+    );
+    lab.reload();
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let service = "qrexec-connect-tcp@1234.service";
+    // The connection starts the service, which refuses to run: nothing comes
+    // back.
+    let answer = TcpStream::connect(socket_addr(ip, 1234)).and_then(|mut s| {
+        s.set_read_timeout(Some(WAIT))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map(|_| buf)
+    });
+    assert!(answer.as_ref().map_or(true, Vec::is_empty), "{answer:?}");
+    m.wait_until("the service has failed", WAIT, || {
+        m.is_active(service) == "failed"
+    });
+    assert_eq!(m.property(service, "Result"), "exit-code");
+    assert_eq!(m.property(service, "ExecMainStatus"), "2");
+    let reason = format!(
+        "socket {ip}:1234 has a bad FileDescriptorName \"my#qube\": character '#' is not allowed"
+    );
+    let status = String::from_utf8_lossy(&m.systemctl(&["status", service]).stdout).into_owned();
+    assert!(
+        status.contains(&reason),
+        "status lacks {reason:?}:\n{status}"
+    );
+    let journal = m.run(
+        &[],
+        &[
+            "journalctl",
+            "--user",
+            "-u",
+            "qrexec-connect*",
+            "--no-pager",
+        ],
+    );
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    assert!(
+        journal.contains(&reason),
+        "journal lacks {reason:?}:\n{journal}"
+    );
+    // One line: the reason is not spread over several.
+    let lines = journal
+        .lines()
+        .filter(|l| l.contains("FileDescriptorName"))
+        .count();
+    assert_eq!(lines, journal.matches(&reason).count(), "{journal}");
+    let _ = lab.log(service);
 }
