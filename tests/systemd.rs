@@ -339,3 +339,301 @@ fn bad_file_descriptor_name_fails_with_the_reason() {
     assert_eq!(lines, journal.matches(&reason).count(), "{journal}");
     let _ = lab.log(service);
 }
+
+/// The same port to a second qube, the working way: a second socket unit
+/// with `Service=qrexec-connect-tcp@1234.service` (two drop-ins in one
+/// instance directory would give both addresses the last name). Each address
+/// reaches its own qube, through one service that holds both sockets.
+#[test]
+fn same_port_to_two_qubes_through_a_second_socket() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let gitweb = Backend::start("gitweb");
+    let work = Backend::start("work");
+    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
+    lab.tcp_service("work", "qubes.ConnectTCP+1234", work.addr);
+    lab.policy(
+        "qubes.ConnectTCP +1234 dev gitweb allow\n\
+         qubes.ConnectTCP +1234 dev work allow\n",
+    );
+    let (first, second) = (loopback(), loopback());
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
+        &format!("[Socket]\nListenStream={first}:1234\nFileDescriptorName=gitweb\n"),
+    );
+    // Named outside the qrexec-connect- prefix, whose drop-in would send it
+    // to qrexec-connect.service instead.
+    m.write_user_unit(
+        "work-1234.socket",
+        &format!(
+            "[Socket]\nListenStream={second}:1234\nFileDescriptorName=work\n\
+             Service=qrexec-connect-tcp@1234.service\n\n\
+             [Install]\nWantedBy=sockets.target\n"
+        ),
+    );
+    lab.reload();
+    m.systemctl_ok(&["enable", "--now", "work-1234.socket"]);
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let service = "qrexec-connect-tcp@1234.service";
+    assert_eq!(m.property("work-1234.socket", "Triggers"), service);
+    assert_eq!(
+        m.property("qrexec-connect-tcp@1234.socket", "Triggers"),
+        service
+    );
+
+    // Whichever connection starts the service, it gets both sockets.
+    assert_reaches(socket_addr(second, 1234), "work");
+    assert_reaches(socket_addr(first, 1234), "gitweb");
+    assert_reaches(socket_addr(second, 1234), "work");
+    let log = lab.log(service);
+    assert!(
+        log.contains(&format!("{first}:1234 -> gitweb qubes.ConnectTCP+1234")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{second}:1234 -> work qubes.ConnectTCP+1234")),
+        "{log}"
+    );
+    let listening = m.systemctl_ok(&["list-sockets", "--no-legend"]);
+    let row = |addr: Ipv4Addr, socket: &str| {
+        listening.lines().any(|l| {
+            l.split_whitespace().collect::<Vec<_>>() == [&format!("{addr}:1234"), socket, service]
+        })
+    };
+    assert!(row(first, "qrexec-connect-tcp@1234.socket"), "{listening}");
+    assert!(row(second, "work-1234.socket"), "{listening}");
+}
+
+/// Seed 000's flaw, pinned: two drop-ins in one instance directory make one
+/// socket unit with two addresses and one FileDescriptorName (the last
+/// drop-in's), so both addresses reach the same qube.
+#[test]
+fn two_drop_ins_in_one_instance_share_one_name() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let gitweb = Backend::start("gitweb");
+    let work = Backend::start("work");
+    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
+    lab.tcp_service("work", "qubes.ConnectTCP+1234", work.addr);
+    lab.policy("qubes.ConnectTCP +1234 dev @anyvm allow\n");
+    let (first, second) = (loopback(), loopback());
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
+        &format!("[Socket]\nListenStream={first}:1234\nFileDescriptorName=gitweb\n"),
+    );
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/work.conf",
+        &format!("[Socket]\nListenStream={second}:1234\nFileDescriptorName=work\n"),
+    );
+    lab.reload();
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    assert_eq!(
+        m.property("qrexec-connect-tcp@1234.socket", "FileDescriptorName"),
+        "work"
+    );
+    assert_reaches(socket_addr(first, 1234), "work");
+    assert_reaches(socket_addr(second, 1234), "work");
+}
+
+/// Seed 001's one-service form: any `qrexec-connect-NAME.socket` whose
+/// FileDescriptorName is `TARGET SERVICE+ARG` goes to the one
+/// qrexec-connect.service, with no other line; side by side, a templated
+/// socket (which the prefix drop-in also matches) keeps its own service.
+#[test]
+fn seed_001_one_service_beside_a_template() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let gitweb = Backend::start("gitweb");
+    let work = Backend::start("work");
+    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
+    lab.tcp_service("work", "qubes.ConnectTCP+1234", work.addr);
+    lab.policy(
+        "qubes.ConnectTCP +1234 dev @default allow target=gitweb\n\
+         qubes.ConnectTCP +1234 dev work allow\n",
+    );
+    let (a, b, c) = (loopback(), loopback(), loopback());
+    m.write_user_unit(
+        "qrexec-connect-gitweb.socket",
+        &format!(
+            "[Socket]\n\
+             # Arbitrary IP address port on the service qube:\n\
+             ListenStream={a}:1234\n\
+             # Arguments you would use with qrexec-client-vm:\n\
+             FileDescriptorName=@default qubes.ConnectTCP+1234\n\n\
+             # Each user-generated socket unit needs its own Install section.\n\
+             [Install]\n\
+             WantedBy=sockets.target\n"
+        ),
+    );
+    m.write_user_unit(
+        "qrexec-connect-gitweb-work.socket",
+        &format!(
+            "[Socket]\nListenStream={b}:2345\nFileDescriptorName=work qubes.ConnectTCP+1234\n\n\
+             [Install]\nWantedBy=sockets.target\n"
+        ),
+    );
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/work.conf",
+        &format!("[Socket]\nListenStream={c}:1234\nFileDescriptorName=work\n"),
+    );
+    lab.reload();
+    m.systemctl_ok(&[
+        "enable",
+        "--now",
+        "qrexec-connect-gitweb.socket",
+        "qrexec-connect-gitweb-work.socket",
+    ]);
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+
+    let one = "qrexec-connect.service";
+    let templated = "qrexec-connect-tcp@1234.service";
+    assert_eq!(m.property("qrexec-connect-gitweb.socket", "Triggers"), one);
+    assert_eq!(
+        m.property("qrexec-connect-gitweb-work.socket", "Triggers"),
+        one
+    );
+    assert_eq!(
+        m.property("qrexec-connect-tcp@1234.socket", "Triggers"),
+        templated
+    );
+    // The template's service.conf masks the prefix one.
+    let drop_ins = m.property("qrexec-connect-tcp@1234.socket", "DropInPaths");
+    assert!(!drop_ins.contains("qrexec-connect-.socket.d"), "{drop_ins}");
+    assert!(
+        drop_ins.contains("qrexec-connect-tcp@.socket.d/service.conf"),
+        "{drop_ins}"
+    );
+
+    assert_reaches(socket_addr(a, 1234), "gitweb");
+    let pid = m.property(one, "MainPID");
+    assert_reaches(socket_addr(b, 2345), "work");
+    assert_reaches(socket_addr(c, 1234), "work");
+    assert_eq!(
+        m.property(one, "MainPID"),
+        pid,
+        "one service serves both sockets"
+    );
+    assert_eq!(m.is_active(templated), "active");
+
+    let log = lab.log(one);
+    assert!(
+        log.contains(&format!("{a}:1234 -> @default qubes.ConnectTCP+1234")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{b}:2345 -> work qubes.ConnectTCP+1234")),
+        "{log}"
+    );
+    assert!(!log.contains(&format!("{c}:1234")), "{log}");
+    let log = lab.log(templated);
+    assert!(
+        log.contains(&format!("{c}:1234 -> work qubes.ConnectTCP+1234")),
+        "{log}"
+    );
+    assert!(!log.contains(&format!("{a}:1234")), "{log}");
+}
+
+/// `--exit-idle-time` in a drop-in: the service exits when idle, the socket
+/// stays, and connections made while it is stopped start it again and are
+/// all served.
+#[test]
+fn exit_idle_time_scales_to_zero_and_back() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let gitweb = Backend::start("gitweb");
+    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
+    lab.policy("qubes.ConnectTCP +1234 dev gitweb allow\n");
+    let ip = loopback();
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
+        &format!("[Socket]\nListenStream={ip}:1234\nFileDescriptorName=gitweb\n"),
+    );
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.service.d/idle.conf",
+        "[Service]\nExecStart=\nExecStart=/usr/local/bin/qrexec-connect-tcp --exit-idle-time 1 %i\n",
+    );
+    lab.reload();
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let service = "qrexec-connect-tcp@1234.service";
+    let addr = socket_addr(ip, 1234);
+
+    let mut invocations = Vec::new();
+    for round in 0..3 {
+        // A burst of connections while the service is stopped.
+        let clients: Vec<_> = (0..8)
+            .map(|_| thread::spawn(move || assert_reaches(addr, "gitweb")))
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+        invocations.push(m.property(service, "InvocationID"));
+        m.wait_until(
+            &format!("round {round}: the service exits idle"),
+            WAIT,
+            || m.is_active(service) == "inactive",
+        );
+        assert_eq!(m.property(service, "Result"), "success");
+        assert_eq!(m.property(service, "ExecMainStatus"), "0");
+        assert_eq!(m.is_active("qrexec-connect-tcp@1234.socket"), "active");
+    }
+    invocations.dedup();
+    assert_eq!(
+        invocations.len(),
+        3,
+        "started again each round: {invocations:?}"
+    );
+}
+
+/// `systemctl --user stop` while a connection is open: the service drains
+/// (the connection finishes with all its bytes), exits 0, and nothing is
+/// left failed.
+#[test]
+fn stop_during_traffic_drains() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let gitweb = Backend::start("gitweb");
+    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
+    lab.policy("qubes.ConnectTCP +1234 dev gitweb allow\n");
+    let ip = loopback();
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
+        &format!("[Socket]\nListenStream={ip}:1234\nFileDescriptorName=gitweb\n"),
+    );
+    lab.reload();
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let service = "qrexec-connect-tcp@1234.service";
+
+    let data: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+    let mut stream = TcpStream::connect(socket_addr(ip, 1234)).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(&data[..data.len() / 2]).unwrap();
+    m.wait_until("the connection is open in the service", WAIT, || {
+        m.property(service, "StatusText").starts_with("1 active")
+    });
+
+    m.systemctl_ok(&["stop", "--no-block", service]);
+    m.wait_until("the service is draining", WAIT, || {
+        m.property(service, "ActiveState") == "deactivating"
+    });
+    // The rest of the traffic, after the stop.
+    stream.write_all(&data[data.len() / 2..]).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    assert!(
+        answer == [b"gitweb\n".as_slice(), &data].concat(),
+        "the connection lost bytes: {} of {}",
+        answer.len(),
+        data.len() + 7
+    );
+
+    m.wait_until("the service has stopped", WAIT, || {
+        m.is_active(service) == "inactive"
+    });
+    assert_eq!(m.property(service, "Result"), "success");
+    assert_eq!(m.property(service, "ExecMainStatus"), "0");
+    let failed = m.systemctl_ok(&["list-units", "--failed", "--plain", "--no-legend"]);
+    assert!(!failed.contains("qrexec-connect"), "{failed}");
+    let log = lab.log(service);
+    assert!(log.contains("done after"), "{log}");
+}
