@@ -11,7 +11,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{PermissionsExt, chown, symlink};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -116,6 +116,18 @@ impl Lab {
     /// dom0's policy, in the format of policy-examples/.
     fn policy(&self, text: &str) {
         fs::write(self.qrexec().join("policy"), text).unwrap();
+    }
+
+    /// dom0's policy: these files of policy-examples/, as shipped.
+    fn policy_examples(&self, names: &[&str]) {
+        let text: String = names
+            .iter()
+            .map(|name| {
+                let path = Path::new(REPO).join("policy-examples").join(name);
+                fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            })
+            .collect();
+        self.policy(&text);
     }
 
     /// A qube's service directory (/usr/local/etc/qubes-rpc in it).
@@ -249,7 +261,7 @@ fn seed_000_tcp_port_to_a_named_qube() {
     let m = &lab.manager;
     let gitweb = Backend::start("gitweb");
     lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
-    lab.policy("qubes.ConnectTCP +1234 dev gitweb allow\n");
+    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
     let ip = loopback();
     m.write_user_unit(
         "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
@@ -352,10 +364,7 @@ fn same_port_to_two_qubes_through_a_second_socket() {
     let work = Backend::start("work");
     lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
     lab.tcp_service("work", "qubes.ConnectTCP+1234", work.addr);
-    lab.policy(
-        "qubes.ConnectTCP +1234 dev gitweb allow\n\
-         qubes.ConnectTCP +1234 dev work allow\n",
-    );
+    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
     let (first, second) = (loopback(), loopback());
     m.write_user_unit(
         "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
@@ -415,7 +424,7 @@ fn two_drop_ins_in_one_instance_share_one_name() {
     let work = Backend::start("work");
     lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
     lab.tcp_service("work", "qubes.ConnectTCP+1234", work.addr);
-    lab.policy("qubes.ConnectTCP +1234 dev @anyvm allow\n");
+    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
     let (first, second) = (loopback(), loopback());
     m.write_user_unit(
         "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
@@ -447,10 +456,10 @@ fn seed_001_one_service_beside_a_template() {
     let work = Backend::start("work");
     lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
     lab.tcp_service("work", "qubes.ConnectTCP+1234", work.addr);
-    lab.policy(
-        "qubes.ConnectTCP +1234 dev @default allow target=gitweb\n\
-         qubes.ConnectTCP +1234 dev work allow\n",
-    );
+    lab.policy_examples(&[
+        "30-qrexec-connect-default.policy",
+        "30-qrexec-connect-tcp.policy",
+    ]);
     let (a, b, c) = (loopback(), loopback(), loopback());
     m.write_user_unit(
         "qrexec-connect-gitweb.socket",
@@ -542,7 +551,7 @@ fn exit_idle_time_scales_to_zero_and_back() {
     let m = &lab.manager;
     let gitweb = Backend::start("gitweb");
     lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
-    lab.policy("qubes.ConnectTCP +1234 dev gitweb allow\n");
+    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
     let ip = loopback();
     m.write_user_unit(
         "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
@@ -593,7 +602,7 @@ fn stop_during_traffic_drains() {
     let m = &lab.manager;
     let gitweb = Backend::start("gitweb");
     lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
-    lab.policy("qubes.ConnectTCP +1234 dev gitweb allow\n");
+    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
     let ip = loopback();
     m.write_user_unit(
         "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
@@ -636,4 +645,200 @@ fn stop_during_traffic_drains() {
     assert!(!failed.contains("qrexec-connect"), "{failed}");
     let log = lab.log(service);
     assert!(log.contains("done after"), "{log}");
+}
+
+/// Answers every passphrase prompt of gpg-agent (it asks for one to protect
+/// a key that ssh-add hands it); nobody is there to type one.
+const PINENTRY: &str = r#"#!/bin/sh
+echo "OK ready"
+while read -r command rest; do
+    case $command in
+        GETPIN) printf 'D qrc-test-passphrase\nOK\n' ;;
+        BYE) echo OK; exit 0 ;;
+        *) echo OK ;;
+    esac
+done
+"#;
+
+/// Seed 000's split-SSH: on the service side gpg-agent's ssh socket is linked
+/// into `%t/qubes.ConnectUnix/` by a `Symlinks=` drop-in and holds a key
+/// added with ssh-add; on the client side `qrexec-connect-unix@gpg-agent-ssh`
+/// listens on `%t/qrexec-connect-unix/S.gpg-agent.ssh`, and `ssh-add -l`
+/// there lists that key. (One manager plays both qubes.)
+#[test]
+fn seed_000_split_ssh() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let user = m.user();
+    let runtime = m.runtime_dir();
+
+    // Service qube: gpg-agent with a key.
+    let pinentry = m.scratch().join("pinentry");
+    fs::write(&pinentry, PINENTRY).unwrap();
+    fs::set_permissions(&pinentry, fs::Permissions::from_mode(0o755)).unwrap();
+    let gnupg = m.home().join(".gnupg");
+    m.write_owned(
+        &gnupg.join("gpg-agent.conf"),
+        &format!("pinentry-program {}\n", pinentry.display()),
+    );
+    fs::set_permissions(&gnupg, fs::Permissions::from_mode(0o700)).unwrap();
+    let key = m.home().join("id_ed25519");
+    let out = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            "split-ssh-test-key",
+            "-f",
+        ])
+        .arg(&key)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    for file in [key.clone(), key.with_extension("pub")] {
+        chown(&file, Some(user.uid), Some(user.gid)).unwrap();
+    }
+    let fingerprint = Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8(fingerprint.stdout).unwrap();
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_owned();
+
+    m.write_user_unit(
+        "gpg-agent-ssh.socket.d/qubes.ConnectUnix.conf",
+        "[Socket]\nSymlinks=%t/qubes.ConnectUnix/gpg-agent-ssh\n",
+    );
+    lab.reload();
+    m.systemctl_ok(&["restart", "gpg-agent-ssh.socket"]);
+    let agent = format!("{}/gnupg/S.gpg-agent.ssh", runtime.display());
+    let linked = m.outside(runtime.join("qubes.ConnectUnix/gpg-agent-ssh"));
+    assert_eq!(fs::read_link(&linked).unwrap(), Path::new(&agent));
+    let added = m.run(
+        &[("SSH_AUTH_SOCK", &agent)],
+        &["ssh-add", key.to_str().unwrap()],
+    );
+    assert!(added.status.success(), "ssh-add: {added:?}");
+    lab.installed_services("vault");
+    lab.policy_examples(&["30-qrexec-connect-split-ssh.policy"]);
+
+    // Client qube.
+    m.write_user_unit(
+        "qrexec-connect-unix@gpg-agent-ssh.socket.d/@default.conf",
+        "[Socket]\nListenStream=%t/qrexec-connect-unix/S.gpg-agent.ssh\nFileDescriptorName=@default\n",
+    );
+    lab.reload();
+    m.systemctl_ok(&["start", "qrexec-connect-unix@gpg-agent-ssh.socket"]);
+    let client = format!("{}/qrexec-connect-unix/S.gpg-agent.ssh", runtime.display());
+    let listed = m.run(&[("SSH_AUTH_SOCK", &client)], &["ssh-add", "-l"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success()
+            && text.contains(&fingerprint)
+            && text.contains("split-ssh-test-key"),
+        "ssh-add -l through {client}: {listed:?}\n{}",
+        lab.log("qrexec-connect-unix@gpg-agent-ssh.service")
+    );
+    let log = lab.log("qrexec-connect-unix@gpg-agent-ssh.service");
+    assert!(
+        log.contains(&format!(
+            "{client} -> @default qubes.ConnectUnix+gpg-agent-ssh"
+        )),
+        "{log}"
+    );
+}
+
+/// A TCP server standing for an NFS server: answers each connection with the
+/// address it came from.
+struct PeerReporter {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl PeerReporter {
+    fn start(addr: &str) -> PeerReporter {
+        let listener = TcpListener::bind(addr)
+            .unwrap_or_else(|e| panic!("bind {addr} for the NFS server: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let peer = stream
+                    .peer_addr()
+                    .map(|p| p.ip().to_string())
+                    .unwrap_or_default();
+                let _ = stream.write_all(peer.as_bytes());
+            }
+        });
+        PeerReporter {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for PeerReporter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// NFS with a bind address per client, as policy-examples/ allows it:
+/// `qrexec-connect-tcp-bind@2049-127.0.1.1` (the templated form) and seed
+/// 001's `qubes.ConnectNFS+127.0.1.1` (the one-service form) reach the
+/// server's port 2049 from 127.0.1.1, which its exports tell apart; the
+/// address of another client is refused by the policy.
+#[test]
+fn nfs_with_a_bind_address_per_client() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let nfs = PeerReporter::start("127.0.0.1:2049");
+    lab.installed_services("nfs-server");
+    lab.policy_examples(&["30-qrexec-connect-nfs.policy"]);
+    let (a, b, c) = (loopback(), loopback(), loopback());
+    m.write_user_unit(
+        "qrexec-connect-tcp-bind@2049-127.0.1.1.socket.d/nfs-server.conf",
+        &format!("[Socket]\nListenStream={a}:2049\nFileDescriptorName=nfs-server\n"),
+    );
+    m.write_user_unit(
+        "qrexec-connect-nfs-documents.socket",
+        &format!(
+            "[Socket]\nListenStream={b}:2049\nFileDescriptorName=nfs-server qubes.ConnectNFS+127.0.1.1\n"
+        ),
+    );
+    // The address policy-examples/ gives to another client.
+    m.write_user_unit(
+        "qrexec-connect-tcp-bind@2049-127.0.1.2.socket.d/nfs-server.conf",
+        &format!("[Socket]\nListenStream={c}:2049\nFileDescriptorName=nfs-server\n"),
+    );
+    lab.reload();
+    m.systemctl_ok(&[
+        "start",
+        "qrexec-connect-tcp-bind@2049-127.0.1.1.socket",
+        "qrexec-connect-nfs-documents.socket",
+        "qrexec-connect-tcp-bind@2049-127.0.1.2.socket",
+    ]);
+    assert_eq!(exchange(socket_addr(a, 2049), b""), b"127.0.1.1");
+    assert_eq!(exchange(socket_addr(b, 2049), b""), b"127.0.1.1");
+    assert_eq!(exchange(socket_addr(c, 2049), b""), b"");
+    let refused = "qrexec-connect-tcp-bind@2049-127.0.1.2.service";
+    m.wait_until("the refusal is logged", WAIT, || {
+        lab.log(refused).contains("refused by policy")
+    });
+    drop(nfs);
 }
