@@ -268,9 +268,14 @@ fn seed_000_tcp_port_to_a_named_qube() {
         &format!("[Socket]\nListenStream={ip}:1234\nFileDescriptorName=gitweb\n"),
     );
     lab.reload();
-    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    m.systemctl_ok(&["enable", "--now", "qrexec-connect-tcp@1234.socket"]);
     let service = "qrexec-connect-tcp@1234.service";
     assert_eq!(m.is_active("qrexec-connect-tcp@1234.socket"), "active");
+    assert_eq!(
+        m.systemctl_ok(&["is-enabled", "qrexec-connect-tcp@1234.socket"])
+            .trim(),
+        "enabled"
+    );
     assert_eq!(
         m.is_active(service),
         "inactive",
