@@ -206,6 +206,9 @@ impl UserManager {
             ("XDG_RUNTIME_DIR".to_owned(), runtime),
             ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
             ("LANG".to_owned(), "C.UTF-8".to_owned()),
+            // As user@.service, whose stderr is the journal: "Listening
+            // on ...", "Started ..." go there, not to our log file.
+            ("SYSTEMD_LOG_TARGET".to_owned(), "journal".to_owned()),
         ];
         env.extend(setup.env);
         let mut command = Command::new("unshare");
