@@ -11,7 +11,9 @@
 //!   before it becomes the manager (without a delegated cgroup the manager
 //!   exits 1 without a word: it cannot create `init.scope`). It is named like
 //!   the real one, `SLICE/user@UID.service`, so that journald files each
-//!   message under its user unit and `journalctl --user -u` works;
+//!   message under its user unit and `journalctl --user -u` works. On a
+//!   hybrid host the same directory in the v1 `name=systemd` hierarchy too,
+//!   where the manager also places its units' processes;
 //! - a `systemd-journald` of its own, so that `systemctl --user status` and
 //!   `journalctl --user` show what the units logged;
 //! - `systemd --user` run as the unprivileged test user ([`TEST_USER`],
@@ -48,12 +50,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const COMMAND_TIMEOUT_SECS: u32 = 60;
 
 /// Runs inside the new mount namespace as root, then becomes the manager.
-/// Arguments: CGROUP UID GID NBINDS [SRC DST]... [KEY=VALUE]... (the
-/// manager's environment).
+/// Arguments: CGROUP COMPAT-CGROUP-OR-EMPTY UID GID NBINDS JOURNALD SYSTEMD
+/// [SRC DST]... [KEY=VALUE]... (the manager's environment).
 const SETUP: &str = r#"
 set -eu
-cgroup=$1 uid=$2 gid=$3 nbinds=$4 journald=$5 systemd=$6
-shift 6
+cgroup=$1 compat=$2 uid=$3 gid=$4 nbinds=$5 journald=$6 systemd=$7
+shift 7
 mount -t tmpfs -o mode=0755 qrc-run /run
 mkdir -p /run/systemd/system /run/systemd/journal /run/systemd/journald.conf.d "/run/user/$uid"
 chown "$uid:$gid" "/run/user/$uid"
@@ -70,8 +72,9 @@ while [ "$nbinds" -gt 0 ]; do
     shift 2
     nbinds=$((nbinds - 1))
 done
-sh -c 'echo $$ > "$1/journald.scope/cgroup.procs" && exec "$2"' journald "$cgroup" "$journald" \
-    < /dev/null &
+sh -c 'echo $$ > "$1/journald.scope/cgroup.procs" &&
+       { [ -z "$2" ] || echo $$ > "$2/journald.scope/cgroup.procs"; } && exec "$3"' \
+    journald "$cgroup" "$compat" "$journald" < /dev/null &
 tries=0
 until [ -S /run/systemd/journal/stdout ]; do
     tries=$((tries + 1))
@@ -79,6 +82,7 @@ until [ -S /run/systemd/journal/stdout ]; do
     sleep 0.05
 done
 echo $$ > "$cgroup/user@$uid.service/cgroup.procs"
+[ -z "$compat" ] || echo $$ > "$compat/user@$uid.service/cgroup.procs"
 exec setpriv --reuid="$uid" --regid="$gid" --init-groups env -i "$@" "$systemd" --user
 "#;
 
@@ -124,12 +128,11 @@ impl Setup {
             Ok(user) => user,
             Err(why) => return unavailable(&why),
         };
-        let cgroup_root = match cgroup2_root() {
-            Some(root) => root,
-            None => return unavailable("no cgroup v2 hierarchy is mounted"),
+        let Some(hierarchies) = Hierarchies::find() else {
+            return unavailable("no cgroup v2 hierarchy is mounted");
         };
-        remove_stale(&cgroup_root);
-        match UserManager::spawn(self, user, &cgroup_root) {
+        remove_stale(&hierarchies);
+        match UserManager::spawn(self, user, &hierarchies) {
             Ok(manager) => Some(manager),
             // Everything needed is here: failing to start is a failure.
             Err(e) => panic!("the systemd user manager did not start: {e}"),
@@ -142,7 +145,8 @@ pub struct UserManager {
     child: Child,
     pid: u32,
     user: &'static TestUser,
-    cgroup: PathBuf,
+    /// Our cgroup trees: the v2 one, then the v1 compat one if any.
+    cgroups: Vec<PathBuf>,
     base: PathBuf,
     home: PathBuf,
 }
@@ -158,7 +162,11 @@ impl UserManager {
         Setup::default()
     }
 
-    fn spawn(setup: Setup, user: &'static TestUser, cgroup_root: &Path) -> Result<Self, String> {
+    fn spawn(
+        setup: Setup,
+        user: &'static TestUser,
+        hierarchies: &Hierarchies,
+    ) -> Result<Self, String> {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("qrc_test_{}_{n}", std::process::id());
@@ -167,10 +175,9 @@ impl UserManager {
         // Everything on disk is created before the manager, so that a
         // failure part-way leaves nothing behind once `manager` drops.
         let base = std::env::temp_dir().join(format!("{tag}.d"));
-        let cgroup = cgroup_root.join(format!("{tag}.slice"));
         let mut partial = Partial {
             base: Some(base.clone()),
-            cgroup: None,
+            cgroups: Vec::new(),
         };
         fs::create_dir(&base).map_err(|e| fail("create the test directory", e))?;
         // The user must reach its home and whatever the test installs here.
@@ -180,21 +187,12 @@ impl UserManager {
         fs::create_dir(&home).map_err(|e| fail("create the home", e))?;
         chown(&home, Some(user.uid), Some(user.gid)).map_err(|e| fail("chown the home", e))?;
 
-        fs::create_dir(&cgroup).map_err(|e| fail(&format!("create {}", cgroup.display()), e))?;
-        partial.cgroup = Some(cgroup.clone());
-        let delegated = cgroup.join(format!("user@{}.service", user.uid));
-        fs::create_dir(&delegated).map_err(|e| fail("create the manager's cgroup", e))?;
-        fs::create_dir(cgroup.join("journald.scope"))
-            .map_err(|e| fail("create journald's cgroup", e))?;
-        // Delegation: the directory and its files (cgroup.procs,
-        // cgroup.subtree_control, ...) belong to the user.
-        chown(&delegated, Some(user.uid), Some(user.gid))
-            .map_err(|e| fail("chown the manager's cgroup", e))?;
-        for entry in fs::read_dir(&delegated).map_err(|e| fail("list the cgroup", e))? {
-            let path = entry.map_err(|e| fail("list the cgroup", e))?.path();
-            chown(&path, Some(user.uid), Some(user.gid))
-                .map_err(|e| fail("chown the cgroup's files", e))?;
-        }
+        let slice = format!("{tag}.slice");
+        let cgroup = delegate(&hierarchies.v2.join(&slice), user, &mut partial.cgroups)?;
+        let compat = match &hierarchies.compat {
+            Some(root) => Some(delegate(&root.join(&slice), user, &mut partial.cgroups)?),
+            None => None,
+        };
 
         let log = fs::File::create(base.join("manager.log"))
             .map_err(|e| fail("create the manager's log", e))?;
@@ -216,6 +214,7 @@ impl UserManager {
             .args(["--mount", "--propagation", "private", "--"])
             .args(["sh", "-c", SETUP, "qrc-setup"])
             .arg(&cgroup)
+            .arg(compat.as_deref().unwrap_or(Path::new("")))
             .arg(user.uid.to_string())
             .arg(user.gid.to_string())
             .arg(setup.binds.len().to_string())
@@ -237,12 +236,11 @@ impl UserManager {
         // manager's.
         let pid = child.id();
         partial.base = None;
-        partial.cgroup = None;
         let mut manager = UserManager {
             child,
             pid,
             user,
-            cgroup,
+            cgroups: std::mem::take(&mut partial.cgroups),
             base,
             home,
         };
@@ -473,7 +471,9 @@ impl UserManager {
             std::thread::sleep(Duration::from_millis(20));
         }
         // journald, and anything the manager left.
-        kill_cgroup(&self.cgroup);
+        for cgroup in &self.cgroups {
+            kill_cgroup(cgroup);
+        }
     }
 }
 
@@ -487,7 +487,9 @@ impl Drop for UserManager {
             );
         }
         self.stop();
-        remove_cgroup(&self.cgroup);
+        for cgroup in &self.cgroups {
+            remove_cgroup(cgroup);
+        }
         let _ = fs::remove_dir_all(&self.base);
     }
 }
@@ -495,12 +497,12 @@ impl Drop for UserManager {
 /// Cleans up what `UserManager::spawn` created when it fails part-way.
 struct Partial {
     base: Option<PathBuf>,
-    cgroup: Option<PathBuf>,
+    cgroups: Vec<PathBuf>,
 }
 
 impl Drop for Partial {
     fn drop(&mut self) {
-        if let Some(cgroup) = &self.cgroup {
+        for cgroup in &self.cgroups {
             remove_cgroup(cgroup);
         }
         if let Some(base) = &self.base {
@@ -598,38 +600,83 @@ fn lookup_user(name: &str) -> Option<(u32, u32)> {
     Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
 }
 
-/// Where cgroup v2 is mounted: `/sys/fs/cgroup` on a unified host,
-/// `/sys/fs/cgroup/unified` on a hybrid one.
-fn cgroup2_root() -> Option<PathBuf> {
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mut roots: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split_whitespace().nth(4)?;
-            (after.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-        })
-        .collect();
-    roots.sort_by_key(|p| p != Path::new("/sys/fs/cgroup"));
-    roots.into_iter().next()
+/// The cgroup hierarchies a manager is placed in.
+struct Hierarchies {
+    /// Where cgroup v2 is mounted: `/sys/fs/cgroup` on a unified host,
+    /// `/sys/fs/cgroup/unified` on a hybrid one.
+    v2: PathBuf,
+    /// On a hybrid host, the v1 `name=systemd` hierarchy, which systemd
+    /// also keeps its units in.
+    compat: Option<PathBuf>,
+}
+
+impl Hierarchies {
+    fn find() -> Option<Hierarchies> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mut v2 = Vec::new();
+        let mut compat = None;
+        for line in mountinfo.lines() {
+            let Some((before, after)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(mount_point) = before.split_whitespace().nth(4) else {
+                continue;
+            };
+            let mut after = after.split_whitespace();
+            match (after.next(), after.nth(1)) {
+                (Some("cgroup2"), _) => v2.push(PathBuf::from(mount_point)),
+                (Some("cgroup"), Some(options))
+                    if options.split(',').any(|o| o == "name=systemd") =>
+                {
+                    compat = Some(PathBuf::from(mount_point));
+                }
+                _ => {}
+            }
+        }
+        v2.sort_by_key(|p| p != Path::new("/sys/fs/cgroup"));
+        let v2 = v2.into_iter().next()?;
+        Some(Hierarchies { v2, compat })
+    }
+}
+
+/// Creates `slice/user@UID.service`, delegated to the user, and
+/// `slice/journald.scope`; records `slice` for removal.
+fn delegate(slice: &Path, user: &TestUser, created: &mut Vec<PathBuf>) -> Result<PathBuf, String> {
+    let fail = |what: &str, e: io::Error| format!("{what} {}: {e}", slice.display());
+    fs::create_dir(slice).map_err(|e| fail("create", e))?;
+    created.push(slice.to_owned());
+    let delegated = slice.join(format!("user@{}.service", user.uid));
+    fs::create_dir(&delegated).map_err(|e| fail("create the manager's cgroup in", e))?;
+    fs::create_dir(slice.join("journald.scope"))
+        .map_err(|e| fail("create journald's cgroup in", e))?;
+    // Delegation: the directory and its files (cgroup.procs,
+    // cgroup.subtree_control, ...) belong to the user.
+    chown(&delegated, Some(user.uid), Some(user.gid)).map_err(|e| fail("chown", e))?;
+    for entry in fs::read_dir(&delegated).map_err(|e| fail("list", e))? {
+        let path = entry.map_err(|e| fail("list", e))?.path();
+        chown(&path, Some(user.uid), Some(user.gid)).map_err(|e| fail("chown files in", e))?;
+    }
+    Ok(slice.to_owned())
 }
 
 /// Removes the cgroups of test processes that died without cleaning up.
-fn remove_stale(cgroup_root: &Path) {
+fn remove_stale(hierarchies: &Hierarchies) {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
-        let Ok(entries) = fs::read_dir(cgroup_root) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix("qrc_test_") else {
+        for root in std::iter::once(&hierarchies.v2).chain(&hierarchies.compat) {
+            let Ok(entries) = fs::read_dir(root) else {
                 continue;
             };
-            let owner = rest.split('_').next().unwrap_or_default();
-            if !Path::new("/proc").join(owner).exists() {
-                kill_cgroup(&entry.path());
-                remove_cgroup(&entry.path());
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix("qrc_test_") else {
+                    continue;
+                };
+                let owner = rest.split('_').next().unwrap_or_default();
+                if !Path::new("/proc").join(owner).exists() {
+                    kill_cgroup(&entry.path());
+                    remove_cgroup(&entry.path());
+                }
             }
         }
     });
