@@ -33,7 +33,7 @@ SERVICE_LINKS := $(notdir $(wildcard links/qubes-rpc/*))
 UNITS := $(patsubst units/%,%,$(wildcard units/*.socket units/*.service units/*.d/*.conf))
 DROPIN_DIRS := $(patsubst units/%,%,$(wildcard units/*.d))
 
-.PHONY: all test install install-client install-service install-binary uninstall
+.PHONY: all test demo install install-client install-service install-binary uninstall
 all:
 	$(CARGO) build --release
 
@@ -77,3 +77,6 @@ uninstall:
 			rmdir --ignore-fail-on-non-empty $(DESTDIR)$(USERUNITDIR)/$$dir; \
 		fi; \
 	done
+# Forward a local port through qrexec-connect-tcp with the qrexec stand-in.
+demo:
+	bash tests/demo

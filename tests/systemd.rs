@@ -16,47 +16,14 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
 use std::{fs, thread};
 
-use common::user_manager::{UserManager, test_user};
+use common::user_manager::UserManager;
+use common::{DEADLINE as WAIT, TempDir, World, binary};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_qrexec-connect");
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
+/// The client qube's name, as in policy-examples/.
 const CLIENT: &str = "dev";
-/// Waits on systemd and on connections: generous, they are met in far less.
-const WAIT: Duration = Duration::from_secs(30);
-
-/// The qrexec-client-vm stand-in, built with the workspace.
-fn standin() -> PathBuf {
-    // target/TRIPLE/debug/deps/systemd-HASH -> target/TRIPLE/debug/
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("qrexec-client-vm")
-}
-
-/// A directory removed on drop, readable by the test user.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("qrc-systemd-{}-{n}", std::process::id()));
-        fs::create_dir(&path).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
-        Scratch(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A loopback address no other test of this process uses (and, by the pid
 /// in it, most likely no other process either).
@@ -73,49 +40,50 @@ fn loopback() -> Ipv4Addr {
 }
 
 /// A user manager with qrexec-connect installed (`make install` into a
-/// DESTDIR, bind-mounted over /usr/local) and a qrexec world for the
-/// stand-in: `qrexec/policy`, `qrexec/qubes/NAME/...`.
+/// DESTDIR, bind-mounted over /usr/local) and the stand-in's world in place
+/// of Qubes.
 struct Lab {
     manager: UserManager,
-    dir: Scratch,
+    world: World,
+    stage: TempDir,
 }
 
 impl Lab {
     fn start() -> Option<Lab> {
-        let dir = Scratch::new();
-        let stage = dir.0.join("stage");
+        let stage = TempDir::new("stage");
         let out = Command::new("make")
             .arg("-C")
             .arg(REPO)
             .arg("--no-print-directory")
-            .arg(format!("DESTDIR={}", stage.display()))
-            .arg(format!("BINARY={BINARY}"))
+            .arg(format!("DESTDIR={}", stage.path().display()))
+            .arg(format!("BINARY={}", binary().display()))
             .arg("install")
             .output()
             .expect("run make");
         assert!(out.status.success(), "make install: {out:?}");
-        let qrexec = dir.0.join("qrexec");
-        fs::create_dir_all(qrexec.join("qubes")).unwrap();
-        fs::write(qrexec.join("policy"), "").unwrap();
-        let manager = UserManager::setup()
-            .bind(stage.join("usr/local"), "/usr/local")
-            .env("QREXEC_CLIENT_VM", standin())
-            .env("QREXEC_STANDIN_ROOT", &qrexec)
-            .env("QREXEC_STANDIN_SOURCE", CLIENT)
-            .start()?;
-        // The stand-in, run by the user's services, records its calls here.
-        let user = test_user().unwrap();
-        chown(&qrexec, Some(user.uid), Some(user.gid)).unwrap();
-        Some(Lab { manager, dir })
-    }
-
-    fn qrexec(&self) -> PathBuf {
-        self.dir.0.join("qrexec")
+        let world = World::new();
+        world.policy("");
+        let mut setup = UserManager::setup()
+            .bind(stage.path().join("usr/local"), "/usr/local")
+            .env("QREXEC_STANDIN_SOURCE", CLIENT);
+        for (key, value) in world.env() {
+            setup = setup.env(&key, value);
+        }
+        let manager = setup.start()?;
+        // The stand-in, run by the user's services, records its calls in
+        // the world.
+        let user = manager.user();
+        chown(world.root(), Some(user.uid), Some(user.gid)).unwrap();
+        Some(Lab {
+            manager,
+            world,
+            stage,
+        })
     }
 
     /// dom0's policy, in the format of policy-examples/.
     fn policy(&self, text: &str) {
-        fs::write(self.qrexec().join("policy"), text).unwrap();
+        self.world.policy(text);
     }
 
     /// dom0's policy: these files of policy-examples/, as shipped.
@@ -132,11 +100,7 @@ impl Lab {
 
     /// A qube's service directory (/usr/local/etc/qubes-rpc in it).
     fn services(&self, qube: &str) -> PathBuf {
-        let dir = self
-            .qrexec()
-            .join("qubes")
-            .join(qube)
-            .join("usr/local/etc/qubes-rpc");
+        let dir = self.world.qube(qube).dir().join("usr/local/etc/qubes-rpc");
         fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -150,7 +114,7 @@ impl Lab {
 
     /// In `qube`, the service links `make install-service` installed.
     fn installed_services(&self, qube: &str) {
-        let installed = self.dir.0.join("stage/usr/local/etc/qubes-rpc");
+        let installed = self.stage.path().join("usr/local/etc/qubes-rpc");
         for entry in fs::read_dir(installed).unwrap() {
             let entry = entry.unwrap();
             let target = fs::read_link(entry.path()).unwrap();
