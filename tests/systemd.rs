@@ -56,8 +56,10 @@ fn loopback() -> Ipv4Addr {
 }
 
 /// A user manager with qrexec-connect installed (`make install` into a
-/// DESTDIR, bind-mounted over /usr/local) and the stand-in's world in place
-/// of Qubes.
+/// DESTDIR, bind-mounted over /usr/local, so that the units and links are
+/// exactly where a user's would be) and the stand-in's world in place of
+/// Qubes. The host's own /usr/local is hidden from the manager's services;
+/// nothing they run lives there.
 struct Lab {
     manager: UserManager,
     world: World,
