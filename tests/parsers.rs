@@ -135,8 +135,35 @@ fn check_call(c: &Call) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// A refusal is logged as one line: the input it quotes must not break it.
+fn one_line(e: &str) -> Result<(), TestCaseError> {
+    prop_assert!(!e.is_empty(), "empty error");
+    prop_assert!(!e.chars().any(char::is_control), "{e:?}");
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn every_refusal_is_one_line(s in hostile()) {
+        let errors = [
+            Target::parse(&s).err(),
+            Call::parse(&s).err(),
+            Call::new(&s, Some(&s)).err(),
+            FdName::parse(Some(&s)).err(),
+            Port::parse(&s).err(),
+            LoopbackAddr::parse(&s).err(),
+            TcpBind::parse(&s).err(),
+            SocketName::parse(&s).err(),
+            activation::parse(Some(&s), Some("1"), None, 1).err(),
+            activation::parse(Some("1"), Some(&s), None, 1).err(),
+            activation::parse(Some("1"), Some("2"), Some(&s), 1).err(),
+        ];
+        for e in errors.iter().flatten() {
+            one_line(e)?;
+        }
+    }
 
     #[test]
     fn target_accepts_only_what_qrexec_carries(s in hostile()) {
@@ -205,7 +232,7 @@ proptest! {
                 let full = format!("{t} {c}");
                 prop_assert_eq!(FdName::parse(Some(&full)), Ok(FdName::Full(t, c)));
             }
-            Err(e) => prop_assert!(!e.is_empty() && !e.contains('\n'), "{e:?}"),
+            Err(e) => one_line(&e)?,
         }
     }
 
@@ -330,7 +357,7 @@ proptest! {
                 let zero = fds.as_deref().and_then(|f| f.parse::<usize>().ok()) == Some(0);
                 prop_assert!(pid.is_none() || fds.is_none() || !ours || zero);
             }
-            Err(e) => prop_assert!(!e.is_empty() && !e.contains('\n'), "{e:?}"),
+            Err(e) => one_line(&e)?,
         }
     }
 
