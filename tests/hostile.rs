@@ -288,9 +288,17 @@ fn traced_sh(dir: &Path) -> Command {
         .is_ok_and(|s| s.success());
     assert!(found, "these tests need strace (.ci/run installs it)");
     let mut cmd = Command::new("strace");
-    cmd.args(["-f", "-qq", "-e", "trace=%file,%network,%process", "-o"])
-        .arg(dir.join("trace"))
-        .arg("sh");
+    cmd.args([
+        "-f",
+        "-qq",
+        "-s",
+        "4096",
+        "-e",
+        "trace=%file,%network,%process",
+    ])
+    .arg("-o")
+    .arg(dir.join("trace"))
+    .arg("sh");
     cmd
 }
 
@@ -501,10 +509,15 @@ fn check_all(cases: &[Case]) {
 fn control_a_good_configuration_serves() {
     let dir = TempDir::new();
     let record = dir.0.join("runs");
+    let environment = dir.0.join("environment");
     let script = dir.0.join("qrexec-client-vm");
     fs::write(
         &script,
-        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", record.display()),
+        format!(
+            "#!/bin/sh\nexport -p > '{}'\necho \"$*\" >> '{}'\n",
+            environment.display(),
+            record.display()
+        ),
     )
     .unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
@@ -569,6 +582,42 @@ fn control_a_good_configuration_serves() {
             "{call} not seen in {seen:#?}"
         );
     }
+    // The child gets none of the socket activation variables (the script
+    // lists its environment with the builtin `export -p`, no other program).
+    let environment = fs::read_to_string(&environment).unwrap();
+    assert!(environment.contains("export PATH="), "{environment}");
+    for var in [
+        "LISTEN_PID=",
+        "LISTEN_FDS=",
+        "LISTEN_FDNAMES=",
+        "NOTIFY_SOCKET=",
+    ] {
+        assert!(
+            !environment
+                .lines()
+                .any(|l| l.starts_with(&format!("export {var}"))),
+            "{var} passed on"
+        );
+    }
+    // No shell anywhere: qrexec-client-vm is executed directly, once for the
+    // -h probe and once for the connection, with the call as separate words.
+    let script = script.display();
+    let execs: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l.split_once(' ').map(|(_, call)| call))
+        .filter(|call| call.starts_with("execve("))
+        .collect();
+    assert_eq!(execs.len(), 2, "{execs:#?}");
+    assert!(
+        execs[0].starts_with(&format!(r#"execve("{script}", ["{script}", "-h"]"#)),
+        "{execs:#?}"
+    );
+    assert!(
+        execs[1].starts_with(&format!(
+            r#"execve("{script}", ["{script}", "--", "work", "qubes.ConnectTCP+22"]"#
+        )),
+        "{execs:#?}"
+    );
 }
 
 #[test]
