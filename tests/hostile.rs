@@ -316,8 +316,7 @@ fn forbidden_syscalls(dir: &Path) -> Vec<String> {
     lines.next();
     lines
         .filter(|line| {
-            // "PID name(args) = result"
-            let call = line.split_once(' ').map_or(*line, |(_, c)| c);
+            let call = strip_pid(line);
             let name = call.split('(').next().unwrap_or("");
             let path = call.split('"').nth(1);
             let allowed = match name {
@@ -332,6 +331,12 @@ fn forbidden_syscalls(dir: &Path) -> Vec<String> {
         })
         .map(str::to_owned)
         .collect()
+}
+
+/// "PID  name(args) = result" (strace pads the pid) -> "name(args) = result".
+fn strip_pid(line: &str) -> &str {
+    line.trim_start_matches(|c: char| c.is_ascii_digit())
+        .trim_start()
 }
 
 /// Runs the binary as `qrexec-connect APPLET ARGS...` with the case's fds and
@@ -604,7 +609,7 @@ fn control_a_good_configuration_serves() {
     let script = script.display();
     let execs: Vec<&str> = seen
         .iter()
-        .filter_map(|l| l.split_once(' ').map(|(_, call)| call))
+        .map(|l| strip_pid(l))
         .filter(|call| call.starts_with("execve("))
         .collect();
     assert_eq!(execs.len(), 2, "{execs:#?}");
@@ -808,4 +813,68 @@ fn unsupported_passed_fds_are_refused() {
             .names("work:work"),
     ];
     check_all(&all);
+}
+
+/// What the remote service writes to stderr reaches the client qube's log
+/// through qrexec-client-vm: terminal escapes, bells and carriage returns
+/// in it are logged escaped, on the connection's one line.
+#[test]
+fn remote_stderr_is_logged_escaped() {
+    let dir = TempDir::new();
+    let script = dir.0.join("qrexec-client-vm");
+    fs::write(
+        &script,
+        "#!/bin/sh\nprintf 'evil \\033[2J\\033[31mred\\007 \\rfake line\\n' >&2\n",
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let log = dir.0.join("stderr");
+    let path = dir.0.join("listener");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut client = UnixStream::connect(&path).unwrap();
+    let wrapper = wrapper_start(&dir.0)
+        + "exec 3<&0 </dev/null; LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"";
+    let mut cmd = traced_sh(&dir.0);
+    cmd.args([
+        "-c",
+        &wrapper,
+        "sh",
+        BIN,
+        "qrexec-connect-tcp",
+        "--stdin-socket",
+        "no",
+        "22",
+    ])
+    .env_remove("JOURNAL_STREAM")
+    .env_remove("NOTIFY_SOCKET")
+    .env("QREXEC_CLIENT_VM", &script)
+    .env("LISTEN_FDS", "1")
+    .env("LISTEN_FDNAMES", "work")
+    .stdin(Stdio::from(OwnedFd::from(listener)))
+    .stdout(Stdio::null())
+    .stderr(Stdio::from(fs::File::create(&log).unwrap()));
+    let mut child = Running::start(cmd, &dir.0);
+    // The connection ends when the script exits.
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(client.read_to_end(&mut rest).unwrap(), 0);
+    let end = Instant::now() + DEADLINE;
+    while !fs::read_to_string(&log).unwrap().contains("done after") {
+        assert!(Instant::now() < end, "no end-of-connection line");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(child.binary_pid().unwrap(), libc::SIGTERM).unwrap();
+    assert_eq!(child.wait_deadline().and_then(|s| s.code()), Some(0));
+    let text = fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("evil"))
+        .unwrap_or_else(|| panic!("no stderr line logged:\n{text}"));
+    assert!(
+        line.ends_with(r"evil \u{1b}[2J\u{1b}[31mred\u{7} \rfake line"),
+        "{line:?}"
+    );
+    assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
 }
