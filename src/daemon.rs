@@ -3,7 +3,7 @@
 //!
 //! One `mio::Poll` in one thread watches the listeners, each child's pidfd
 //! (`pidfd_open(2)`: readable when it exits, so it is reaped without a
-//! blocking `waitpid`), each child's stderr pipe, and a signalfd for
+//! blocking `waitpid`), each child's stderr pipe, and a self-pipe for
 //! SIGTERM/SIGINT/SIGHUP/SIGPIPE. The daemon relays no data: the accepted
 //! socket is the child's stdin and stdout, and the daemon's copy is closed as
 //! soon as the child runs, so its memory does not grow with traffic.
@@ -21,7 +21,7 @@ use crate::call::{Call, Target};
 use crate::error::{Context as _, Result};
 use crate::notify::Notifier;
 use crate::qrexec::{Client, Outcome};
-use crate::sys::process::{self, Exit, SignalFd, signal_name};
+use crate::sys::process::{self, Exit, SignalPipe, signal_name};
 use crate::sys::socket::{self, SockAddr};
 
 /// Listener `i` has token `i`; connection slot `k` has `FIRST_CONNECTION + 2k`
@@ -135,7 +135,7 @@ enum Phase {
 
 struct Context {
     poll: Poll,
-    signals: SignalFd,
+    signals: SignalPipe,
     listeners: Vec<Listener>,
     slots: Vec<Option<Connection>>,
     free: Vec<u32>,
@@ -163,7 +163,7 @@ pub fn run(
     notifier: Notifier,
 ) -> Result<()> {
     let poll = Poll::new().context(|| "create the event loop".into())?;
-    let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE])
+    let signals = SignalPipe::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE])
         .context(|| "set up signal handling".into())?;
     poll.registry()
         .register(
