@@ -640,7 +640,7 @@ fn drain_stderr(fd: Option<&OwnedFd>, peer: Peer, route: &Listener) -> bool {
                         "{peer} -> {} {}: {}",
                         route.target,
                         route.call,
-                        String::from_utf8_lossy(line).trim_end()
+                        crate::logging::printable(String::from_utf8_lossy(line).trim_end())
                     );
                 }
             }
