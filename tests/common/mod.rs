@@ -375,6 +375,28 @@ impl Conn {
         }
     }
 
+    /// Sends `request`, ends our side, returns everything until EOF or a
+    /// reset: a call that fails before reading what we sent closes the
+    /// connection with unread data, which TCP reports as a reset.
+    pub fn exchange_or_reset(&mut self, request: &[u8]) -> Vec<u8> {
+        let mut reply = Vec::new();
+        let sent = self.write_all(request).and_then(|()| self.shutdown_write());
+        match sent.and_then(|()| self.read_to_end(&mut reply)) {
+            Ok(_) => reply,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::NotConnected
+                ) =>
+            {
+                reply
+            }
+            Err(e) => panic!("exchange: {e}"),
+        }
+    }
+
     /// Sends `request`, ends our side, returns everything until EOF.
     pub fn exchange(&mut self, request: &[u8]) -> Vec<u8> {
         self.write_all(request).unwrap();
@@ -442,7 +464,7 @@ impl<'w> Activate<'w> {
         }
     }
 
-    /// One more listener with FileDescriptorName `name`.
+    /// One more listener with FileDescriptorName `name` (all empty: unnamed).
     pub fn listen(mut self, what: Listen, name: &str) -> Self {
         self.listeners.push((what, name.to_owned()));
         self
@@ -523,7 +545,8 @@ impl<'w> Activate<'w> {
         if self.accept {
             command.arg("--accept");
         }
-        if !self.listeners.is_empty() {
+        // All names empty: no --fdname, so no LISTEN_FDNAMES at all.
+        if self.listeners.iter().any(|(_, name)| !name.is_empty()) {
             let names: Vec<&str> = self.listeners.iter().map(|(_, n)| n.as_str()).collect();
             command.arg(format!("--fdname={}", names.join(":")));
         }
@@ -662,18 +685,23 @@ impl Daemon {
 
     /// Waits until stderr contains `needle`; returns all of it.
     pub fn wait_stderr(&self, needle: &str) -> String {
-        wait_for(&format!("{needle:?} on stderr"), || {
-            let text = self.stderr();
-            text.contains(needle).then_some(text)
-        })
+        self.wait_stderr_count(needle, 1)
     }
 
     /// Waits until stderr contains `needle` `n` times.
     pub fn wait_stderr_count(&self, needle: &str, n: usize) -> String {
-        wait_for(&format!("{n} times {needle:?} on stderr"), || {
+        let start = Instant::now();
+        loop {
             let text = self.stderr();
-            (text.matches(needle).count() >= n).then_some(text)
-        })
+            if text.matches(needle).count() >= n {
+                return text;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {n} times {needle:?} on stderr:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits until every writer closed stderr; returns all of it.
