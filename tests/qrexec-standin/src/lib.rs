@@ -133,7 +133,9 @@ pub fn main() -> u8 {
         done: AtomicBool::new(false),
     });
     std::thread::spawn(watch_signals);
-    let code = run(&args, root.as_deref(), &mut Notes(record));
+    let mut notes = Notes(record);
+    let code = run(&args, root.as_deref(), &mut notes);
+    notes.flush();
     if !finish(&format!("exit {code}")) {
         // A signal ended the run (its service went first): the watcher is
         // about to end the process by that signal, which must win.
@@ -157,6 +159,12 @@ impl Notes {
     fn flag(&mut self, key: &str, value: bool) {
         if let Some(r) = &mut self.0 {
             r.set_flag(key, value);
+        }
+    }
+
+    fn flush(&self) {
+        if let Some(r) = &self.0 {
+            r.flush();
         }
     }
 
@@ -256,6 +264,7 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
     notes.set("service", service);
     notes.set("argument", argument);
     notes.set("source", &source);
+    notes.flush();
     count_in();
 
     let policy = std::fs::read_to_string(root.join("policy")).unwrap_or_default();
@@ -336,6 +345,7 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
                 }
             }
             env.extend(agent::qube_env(&qube));
+            notes.flush();
             relay::executable(&caller, &path, argument, env, &qube)
         }
         Service::Socket(path) => {
@@ -356,13 +366,17 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
                     return 125;
                 }
             }
+            notes.flush();
             relay::connection(&caller, OwnedFd::from(stream))
         }
         Service::Tcp { host, port } => {
             notes.set("service_path", format!("/dev/tcp/{host}/{port}"));
             let port: u16 = port.parse().expect("checked by find_service");
             match TcpStream::connect((host.as_str(), port)) {
-                Ok(stream) => relay::connection(&caller, OwnedFd::from(stream)),
+                Ok(stream) => {
+                    notes.flush();
+                    relay::connection(&caller, OwnedFd::from(stream))
+                }
                 Err(e) => {
                     say!("{TAG}: cannot connect to {host} port {port}: {e}");
                     125

@@ -13,8 +13,10 @@
 //!   (updated under a lock of concurrency.lock, replaced whole)
 //! ```
 //!
-//! Each file is written whole and renamed into place, so a reader never sees
-//! half of one; `status` existing means the run is over.
+//! `info` and `status` are written whole and renamed into place, so a reader
+//! never sees half of one; `status` existing means the run is over and
+//! every other file complete. `info` of a running call is as of its last
+//! milestone (names parsed, service found).
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -129,8 +131,11 @@ impl Record {
         &self.dir
     }
 
+    /// Writes a file that no reader looks at before `status` exists.
     fn write(&self, name: &str, bytes: &[u8]) {
-        write_atomic(&self.dir, name, bytes);
+        if let Err(e) = fs::write(self.dir.join(name), bytes) {
+            say!("qrexec-client-vm (stand-in): cannot record {name}: {e}");
+        }
     }
 
     /// Records argv, the environment and what the snapshot saw.
@@ -166,34 +171,39 @@ impl Record {
             ("sig_blocked".into(), snapshot.sig_blocked.clone()),
             ("sig_ignored".into(), snapshot.sig_ignored.clone()),
         ];
-        self.flush_info();
+        self.flush();
     }
 
     pub fn raw(&self, name: &str, bytes: &[u8]) {
         self.write(name, bytes);
     }
 
-    /// Adds (or replaces) one `info` line. Values never hold a newline.
+    /// Adds (or replaces) one `info` line, written at the next [`flush`].
+    /// Values never hold a newline.
+    ///
+    /// [`flush`]: Record::flush
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         let value = value.into().replace('\n', "\\n");
         match self.info.iter_mut().find(|(k, _)| k == key) {
             Some(entry) => entry.1 = value,
             None => self.info.push((key.into(), value)),
         }
-        self.flush_info();
     }
 
     pub fn set_flag(&mut self, key: &str, value: bool) {
         self.set(key, yes(value));
     }
 
-    fn flush_info(&self) {
+    /// Replaces `info` whole. Only at a few points of a run: each
+    /// replacement costs a rename, slow on some file systems, and a test
+    /// makes a thousand calls.
+    pub fn flush(&self) {
         let text: String = self
             .info
             .iter()
             .map(|(k, v)| format!("{k}={v}\n"))
             .collect();
-        self.write("info", text.as_bytes());
+        write_atomic(&self.dir, "info", text.as_bytes());
     }
 }
 
