@@ -150,8 +150,15 @@ fn several_listeners_each_to_its_own_target() {
             "signals ignored in the call to {target} that this test does not ignore"
         );
     }
-    let notes = daemon.notifications();
-    assert!(notes.iter().any(|n| n == "READY=1"), "{notes:?}");
+    let mut notes = daemon.notifications();
+    assert_eq!(notes.first().map(String::as_str), Some("READY=1"));
+    // STATUS= follows the counts, at most once a second.
+    wait_until("STATUS= with 4 served", || {
+        notes.extend(daemon.notifications());
+        notes
+            .iter()
+            .any(|n| n == "STATUS=0 active, 4 served, 0 refused, 0 failed")
+    });
     assert!(daemon.is_running());
 }
 
@@ -529,4 +536,38 @@ fn accepted_connection_served_as_one() {
             .all(|r| r.target_raw().as_deref() == Some("work"))
     );
     assert!(calls.iter().all(|r| r.fds() == [0, 1, 2]));
+}
+
+#[test]
+fn service_stderr_logged_by_whole_lines() {
+    let world = echo_world();
+    // One line in two writes, a moment apart: two reads for the daemon.
+    world.qube("work").service(
+        "qubes.ConnectTCP",
+        "printf 'first half, ' >&2; sleep 0.2; echo 'second half' >&2; echo 'next line' >&2",
+    );
+    let daemon = echo_daemon(&world, &[]);
+    assert_eq!(daemon.connect(0).exchange(b""), b"");
+    let text = daemon.wait_stderr(": done after ");
+    assert!(
+        text.contains("-> work qubes.ConnectTCP+1234: first half, second half\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-> work qubes.ConnectTCP+1234: next line\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sighup_is_ignored_sigint_drains() {
+    let world = echo_world();
+    let mut daemon = echo_daemon(&world, &[]);
+    assert_eq!(daemon.connect(0).exchange(b"x"), b"x");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("received SIGHUP, ignoring");
+    assert_eq!(daemon.connect(0).exchange(b"y"), b"y");
+    daemon.signal(libc::SIGINT);
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    assert!(daemon.stderr().contains("received SIGINT"));
 }
