@@ -5,6 +5,8 @@
 //! Structured fields travel as `log` key-values; the journal stores them as
 //! fields (`QREXEC_TARGET=work`), stderr shows only the message.
 
+use std::borrow::Cow;
+
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::io::Write;
 
@@ -57,4 +59,40 @@ impl Log for Stderr {
     }
 
     fn flush(&self) {}
+}
+
+/// Text from outside (a child's stderr, which carries the remote service's)
+/// made safe for one log line: control characters, such as terminal escape
+/// sequences or a carriage return that would overwrite the line, are
+/// written as escapes.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert!(matches!(printable("Request refused"), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("a\u{1b}[31mred\u{7}\rb\tc"),
+            "a\\u{1b}[31mred\\u{7}\\rb\\tc"
+        );
+        assert_eq!(printable("wörk"), "wörk");
+    }
 }
