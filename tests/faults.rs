@@ -286,3 +286,77 @@ fn drain_timeout_ends_what_is_left() {
         let _ = c.read_to_end(&mut rest);
     }
 }
+
+/// A qube whose `qubes.ConnectTCP+1234` is a socket service linked to
+/// `socket` (qrexec's own way to connect a call to a Unix socket).
+fn socket_world(socket: &Path) -> World {
+    let world = World::new();
+    let work = world.qube("work");
+    work.socket_service(CALL, socket);
+    work.rpc_config(CALL, "skip-service-descriptor=true\n");
+    world.policy("qubes.ConnectTCP +1234 client work allow\n");
+    world
+}
+
+/// Starts an echo server on a Unix socket, serving until the test ends.
+fn unix_echo(path: &Path) {
+    let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut data = Vec::new();
+                let _ = s.read_to_end(&mut data);
+                let _ = s.write_all(&data);
+            });
+        }
+    });
+}
+
+#[test]
+fn service_socket_missing_then_started() {
+    let dir = common::TempDir::new("faults-sock-missing");
+    let socket = dir.path().join("service.sock");
+    let world = socket_world(&socket);
+    let daemon = daemon_with(&world, |a| a);
+    assert_closed_without_data(&daemon);
+    daemon.wait_stderr(&format!(
+        "-> work {CALL}: the service exists in work but could not be started (status 125)"
+    ));
+    unix_echo(&socket);
+    assert_serves(&daemon);
+}
+
+#[test]
+fn service_socket_refusing_then_listening() {
+    let dir = common::TempDir::new("faults-sock-refusing");
+    let socket = dir.path().join("service.sock");
+    // A socket file nobody listens on: connecting is refused.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let world = socket_world(&socket);
+    let daemon = daemon_with(&world, |a| a);
+    assert_closed_without_data(&daemon);
+    let text = daemon.wait_stderr("(status 125)");
+    assert!(text.contains("Connection refused"), "{text}");
+    fs::remove_file(&socket).unwrap();
+    unix_echo(&socket);
+    assert_serves(&daemon);
+}
+
+#[test]
+fn service_closes_early() {
+    let dir = common::TempDir::new("faults-sock-early");
+    let socket = dir.path().join("service.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let world = socket_world(&socket);
+    let daemon = daemon_with(&world, |a| a);
+    // The service accepts and hangs up at once, before reading anything.
+    let early = std::thread::spawn(move || drop(listener.accept().unwrap()));
+    assert_closed_without_data(&daemon);
+    early.join().unwrap();
+    daemon.wait_stderr(&format!("-> work {CALL}: "));
+    let statuses = finished_statuses(&world, 1);
+    assert_eq!(statuses.len(), 1);
+    fs::remove_file(&socket).unwrap();
+    unix_echo(&socket);
+    assert_serves(&daemon);
+}
