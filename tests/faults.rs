@@ -360,3 +360,104 @@ fn service_closes_early() {
     unix_echo(&socket);
     assert_serves(&daemon);
 }
+
+/// Writes the process made so far (`syscw` of /proc/PID/io).
+fn write_calls(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscw: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("syscw")
+}
+
+/// systemd-socket-activate with the daemon behind it, its stderr a pipe the
+/// test closes once it listens; the process group is killed on drop.
+struct BrokenStderr {
+    child: std::process::Child,
+}
+
+impl Drop for BrokenStderr {
+    fn drop(&mut self) {
+        // SAFETY: kill takes plain integers; the group is our child's own.
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+    }
+}
+
+/// With stderr a broken pipe, logging "received SIGPIPE" raises SIGPIPE
+/// again: the daemon must not chase its own signal in a loop.
+#[test]
+fn broken_stderr_is_not_a_busy_loop() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let world = echo_world();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut cmd = std::process::Command::new("systemd-socket-activate");
+    cmd.arg(format!("--listen={port}"))
+        .arg("--fdname=work")
+        .args(world.env().iter().flat_map(|(k, v)| {
+            let mut kv = std::ffi::OsString::from(format!("{k}="));
+            kv.push(v);
+            [std::ffi::OsString::from("-E"), kv]
+        }))
+        .arg(common::binary())
+        .args(["qrexec-connect-tcp", "1234"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let daemon = BrokenStderr { child };
+    // systemd-socket-activate writes to stderr until it execs (and would die
+    // of SIGPIPE before): a thread reads it until the daemon has logged its
+    // listener, then closes the pipe.
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines() {
+            let Ok(line) = line else { return };
+            let done = line.contains("-> work qubes.ConnectTCP+1234");
+            if lines.send(line).is_err() || done {
+                return;
+            }
+        }
+    });
+    let wait_line = |needle: &str| loop {
+        let line = seen
+            .recv_timeout(common::DEADLINE)
+            .unwrap_or_else(|_| panic!("no {needle:?} on stderr"));
+        if line.contains(needle) {
+            return;
+        }
+    };
+    wait_line("Listening on");
+    let pid = daemon.child.id() as i32;
+    let exchange = move || {
+        let mut c = std::net::TcpStream::connect(port).unwrap();
+        c.set_read_timeout(Some(common::DEADLINE)).unwrap();
+        c.write_all(b"ping\n").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut back = Vec::new();
+        c.read_to_end(&mut back).unwrap();
+        back
+    };
+    // The first connection starts the daemon; once it has logged its
+    // listener, its stderr is a broken pipe.
+    let first = std::thread::spawn(exchange);
+    wait_line("-> work qubes.ConnectTCP+1234");
+    assert_eq!(first.join().unwrap(), b"ping\n");
+    // SAFETY: kill takes plain integers; the pid is our child's.
+    unsafe { libc::kill(pid, libc::SIGPIPE) };
+    let before = write_calls(pid);
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(1) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let writes = write_calls(pid) - before;
+    assert!(writes < 100, "{writes} writes in a second: a busy loop");
+    assert_eq!(exchange(), b"ping\n");
+}
