@@ -267,8 +267,8 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
 const FIXED_FDS: u64 = 32;
 
 /// Raises the open-file limit as far as allowed and lowers
-/// `--max-connections` to what fits in it: each open connection holds two
-/// fds (its pidfd and its stderr pipe), and a connection accepted beyond the
+/// `--max-connections` to what fits in it: each open connection holds one
+/// fd (its child's stderr pipe), and a connection accepted beyond the
 /// limit could only be closed, where one left in the backlog waits its turn.
 fn fit_fd_limit(max_connections: usize, listeners: usize) -> usize {
     let nofile = match sys::raise_nofile_limit() {
@@ -278,7 +278,7 @@ fn fit_fd_limit(max_connections: usize, listeners: usize) -> usize {
             return max_connections;
         }
     };
-    let fit = nofile.saturating_sub(FIXED_FDS + listeners as u64) / 2;
+    let fit = nofile.saturating_sub(FIXED_FDS + listeners as u64);
     if (max_connections as u64) <= fit {
         return max_connections;
     }
@@ -286,7 +286,7 @@ fn fit_fd_limit(max_connections: usize, listeners: usize) -> usize {
     log::warn!(
         "--max-connections {max_connections} needs about {} open files and the limit is {nofile} \
          (LimitNOFILE=): serving at most {fit} connections at once",
-        2 * max_connections as u64 + FIXED_FDS
+        max_connections as u64 + FIXED_FDS
     );
     fit
 }
