@@ -503,7 +503,7 @@ fn stdin_socket_option_overrides_detection() {
         .env("QREXEC_STANDIN_OLD", "1")
         .start();
     assert_eq!(daemon.connect(0).exchange_or_reset(b"x"), b"");
-    let text = daemon.wait_stderr("(status 2)");
+    let text = daemon.wait_stderr("failed (status 2: qrexec-client-vm refused its options");
     assert!(
         text.contains("unrecognized option '--use-stdin-socket'"),
         "{text}"
