@@ -414,11 +414,8 @@ impl Context {
     fn start(&mut self, index: usize, fd: OwnedFd, addr: SockAddr) {
         let peer = Peer::of(&fd, addr);
         let listener = &self.listeners[index];
-        let spawned = self
-            .client
-            .spawn(fd, &listener.target, &listener.call)
-            .and_then(|s| Ok((process::pidfd_open(s.pid)?, s)));
-        let (pidfd, spawned) = match spawned {
+        let spawned = self.client.spawn(fd, &listener.target, &listener.call);
+        let spawned = match spawned {
             Ok(ok) => ok,
             Err(e) => {
                 error!(
@@ -452,34 +449,38 @@ impl Context {
         };
         let registry = self.poll.registry();
         let token = FIRST_CONNECTION + 2 * slot;
-        let registered = crate::sys::set_nonblocking(spawned.stderr.as_fd(), true)
-            .and_then(|()| {
-                registry.register(
-                    &mut SourceFd(&pidfd.as_raw_fd()),
-                    Token(token),
-                    Interest::READABLE,
-                )
-            })
-            .and_then(|()| {
-                registry.register(
-                    &mut SourceFd(&spawned.stderr.as_raw_fd()),
-                    Token(token + 1),
-                    Interest::READABLE,
-                )
-            });
-        if let Err(e) = registered {
-            // The pidfd is what tells us the child ended; without it we can
-            // only end the child now.
-            error!(
-                "cannot watch qrexec-client-vm pid {}: {e}; ending it",
-                spawned.pid
-            );
-            let _ = process::kill(spawned.pid, libc::SIGKILL);
-            let _ = process::wait(spawned.pid);
-            self.free.push(slot as u32);
-            self.counters.failed += 1;
-            return;
-        }
+        let registered = process::pidfd_open(spawned.pid).and_then(|pidfd| {
+            crate::sys::set_nonblocking(spawned.stderr.as_fd(), true)?;
+            registry.register(
+                &mut SourceFd(&pidfd.as_raw_fd()),
+                Token(token),
+                Interest::READABLE,
+            )?;
+            registry.register(
+                &mut SourceFd(&spawned.stderr.as_raw_fd()),
+                Token(token + 1),
+                Interest::READABLE,
+            )?;
+            Ok(pidfd)
+        });
+        let pidfd = match registered {
+            Ok(pidfd) => pidfd,
+            Err(e) => {
+                // The pidfd is what tells us the child ended; without it the
+                // child, already serving the connection, would never be reaped:
+                // end it now.
+                error!(
+                    "cannot watch qrexec-client-vm pid {}: {e}; ending it",
+                    spawned.pid
+                );
+                let _ = process::kill(spawned.pid, libc::SIGKILL);
+                let _ = process::wait(spawned.pid);
+                self.free.push(slot as u32);
+                self.counters.failed += 1;
+                self.status_changed();
+                return;
+            }
+        };
         self.slots[slot] = Some(Connection {
             pid: spawned.pid,
             pidfd,
