@@ -51,6 +51,22 @@ pub struct Listener {
     pub call: Call,
 }
 
+impl Listener {
+    fn route(&self) -> Route<'_> {
+        Route {
+            target: &self.target,
+            call: &self.call,
+        }
+    }
+}
+
+/// Where a connection goes, for its log lines.
+#[derive(Clone, Copy)]
+struct Route<'a> {
+    target: &'a Target,
+    call: &'a Call,
+}
+
 /// Who connected, kept small (20 bytes): 1,000 open connections must cost
 /// little memory.
 #[derive(Clone, Copy)]
@@ -119,6 +135,7 @@ struct Connection {
     /// Closed at EOF; the child may live on without it.
     stderr: Option<OwnedFd>,
     /// The start of a stderr line whose end has not arrived yet (rare).
+    #[allow(clippy::box_collection, reason = "8 bytes in every slot, not 24")]
     partial: Option<Box<Vec<u8>>>,
     listener: u32,
     peer: Peer,
@@ -484,8 +501,8 @@ impl Context {
         let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let listener = &self.listeners[conn.listener as usize];
-        if drain_stderr(conn.stderr.as_ref(), &mut conn.partial, conn.peer, listener) {
+        let route = self.listeners[conn.listener as usize].route();
+        if drain_stderr(conn.stderr.as_ref(), &mut conn.partial, conn.peer, route) {
             // EOF: closing the fd also removes it from the poll.
             conn.stderr = None;
         }
@@ -520,36 +537,16 @@ impl Context {
     /// The one place a connection ends: last stderr lines, the log line,
     /// counters, and accepting again if the limit had stopped it.
     fn release(&mut self, mut conn: Connection, exit: Exit) {
-        let listener = &self.listeners[conn.listener as usize];
-        drain_stderr(conn.stderr.as_ref(), &mut conn.partial, conn.peer, listener);
+        let route = self.listeners[conn.listener as usize].route();
+        drain_stderr(conn.stderr.as_ref(), &mut conn.partial, conn.peer, route);
         if let Some(rest) = conn.partial.take() {
-            log_stderr_line(&rest, conn.peer, listener);
+            log_stderr_line(&rest, conn.peer, route);
         }
         let outcome = Outcome {
             exit,
-            target: &listener.target,
+            target: route.target,
         };
-        let elapsed = conn.started.elapsed();
-        let level = if outcome.is_success() {
-            log::Level::Info
-        } else {
-            log::Level::Warn
-        };
-        log::log!(
-            target: "connection",
-            level,
-            QREXEC_TARGET = listener.target.as_str(),
-            QREXEC_CALL = listener.call.as_str(),
-            QREXEC_PEER:% = conn.peer,
-            QREXEC_STATUS = outcome.code();
-            "{} -> {} {}: {} after {}.{:03}s",
-            conn.peer,
-            listener.target,
-            listener.call,
-            outcome,
-            elapsed.as_secs(),
-            elapsed.subsec_millis()
-        );
+        log_end(&outcome, conn.peer, route, conn.started);
         if outcome.is_success() {
             self.counters.served += 1;
         } else if outcome.is_refusal() {
@@ -638,11 +635,12 @@ const MAX_STDERR_LINE: usize = 4096;
 /// A line may arrive in several reads: its start waits in `partial`, logged
 /// at EOF if no newline ends it. Returns true at EOF (or when there is no
 /// stderr left).
+#[allow(clippy::box_collection, reason = "the slot's type")]
 fn drain_stderr(
     fd: Option<&OwnedFd>,
     partial: &mut Option<Box<Vec<u8>>>,
     peer: Peer,
-    route: &Listener,
+    route: Route,
 ) -> bool {
     let Some(fd) = fd else {
         return true;
@@ -688,7 +686,7 @@ fn drain_stderr(
 }
 
 /// Logs one line a child wrote to stderr, with its connection.
-fn log_stderr_line(line: &[u8], peer: Peer, route: &Listener) {
+fn log_stderr_line(line: &[u8], peer: Peer, route: Route) {
     let line = String::from_utf8_lossy(line);
     let line = line.trim_end();
     if line.is_empty() {
@@ -704,38 +702,61 @@ fn log_stderr_line(line: &[u8], peer: Peer, route: &Listener) {
     );
 }
 
-/// Serves one already-accepted connection (a unit with `Accept=yes`) and
-/// returns qrexec-client-vm's exit status.
-pub fn serve_one(route: &Listener, client: &Client) -> Result<u8> {
-    let fd = route
-        .fd
-        .try_clone()
-        .context(|| "duplicate the connection".into())?;
-    let addr = socket::peer_addr(fd.as_fd()).unwrap_or(SockAddr::UnixUnnamed);
-    let peer = Peer::of(&fd, addr);
-    crate::sys::set_nonblocking(fd.as_fd(), false)
-        .context(|| "make the connection blocking".into())?;
-    let spawned = client
-        .spawn(fd, &route.target, &route.call)
-        .context(|| format!("run {}", client.path.display()))?;
-    // Blocking reads: there is nothing else to wait for.
-    drain_stderr(Some(&spawned.stderr), &mut None, peer, route);
-    let exit = process::wait(spawned.pid).context(|| "wait for qrexec-client-vm".into())?;
-    let outcome = Outcome {
-        exit,
-        target: &route.target,
-    };
+/// Logs how a connection ended: the one line each connection leaves.
+fn log_end(outcome: &Outcome, peer: Peer, route: Route, started: Instant) {
+    let elapsed = started.elapsed();
     let level = if outcome.is_success() {
         log::Level::Info
     } else {
         log::Level::Warn
     };
     log::log!(
+        target: "connection",
         level,
-        "{peer} -> {} {}: {outcome}",
+        QREXEC_TARGET = route.target.as_str(),
+        QREXEC_CALL = route.call.as_str(),
+        QREXEC_PEER:% = peer,
+        QREXEC_STATUS = outcome.code();
+        "{peer} -> {} {}: {outcome} after {}.{:03}s",
         route.target,
-        route.call
+        route.call,
+        elapsed.as_secs(),
+        elapsed.subsec_millis()
     );
+}
+
+/// Serves one already-accepted connection (a unit with `Accept=yes`) and
+/// returns qrexec-client-vm's exit status.
+pub fn serve_one(connection: Listener, client: &Client, notifier: &Notifier) -> Result<u8> {
+    let Listener {
+        fd, target, call, ..
+    } = connection;
+    let route = Route {
+        target: &target,
+        call: &call,
+    };
+    let started = Instant::now();
+    let addr = socket::peer_addr(fd.as_fd()).unwrap_or(SockAddr::UnixUnnamed);
+    let peer = Peer::of(&fd, addr);
+    crate::sys::set_nonblocking(fd.as_fd(), false)
+        .context(|| "make the connection blocking".into())?;
+    // Our copy of the connection goes with it: only the child holds it.
+    let spawned = client
+        .spawn(fd, &target, &call)
+        .context(|| format!("run {}", client.path.display()))?;
+    // A Type=notify service (such as ours) waits for this, Accept=yes or not.
+    if let Err(e) = notifier.send("READY=1") {
+        warn!("failed to notify the service manager (READY=1): {e}, ignoring");
+    }
+    // Blocking reads: there is nothing else to wait for.
+    let mut partial = None;
+    drain_stderr(Some(&spawned.stderr), &mut partial, peer, route);
+    let exit = process::wait(spawned.pid).context(|| "wait for qrexec-client-vm".into())?;
+    let outcome = Outcome {
+        exit,
+        target: &target,
+    };
+    log_end(&outcome, peer, route, started);
     Ok(outcome.code())
 }
 

@@ -503,7 +503,7 @@ fn stdin_socket_option_overrides_detection() {
         .env("QREXEC_STANDIN_OLD", "1")
         .start();
     assert_eq!(daemon.connect(0).exchange_or_reset(b"x"), b"");
-    let text = daemon.wait_stderr("(status 2)");
+    let text = daemon.wait_stderr("failed (status 2: qrexec-client-vm refused its options");
     assert!(
         text.contains("unrecognized option '--use-stdin-socket'"),
         "{text}"
@@ -530,12 +530,24 @@ fn accepted_connection_served_as_one() {
         .listen(Listen::Tcp4, "work")
         .args(["1234"])
         .accept()
+        .notify()
         .start();
     for round in 1..=2 {
         assert_eq!(daemon.connect(0).exchange(b"accepted"), b"accepted");
         // systemd-socket-activate reports its child's status.
-        daemon.wait_stderr_count("died with code 3", round);
+        let text = daemon.wait_stderr_count("died with code 3", round);
+        // The same end-of-connection line as the daemon's, duration included.
+        assert_eq!(
+            text.matches(
+                "-> work qubes.ConnectTCP+1234: the service in work failed (status 3) after "
+            )
+            .count(),
+            round,
+            "{text}"
+        );
     }
+    // A Type=notify unit with Accept=yes must not wait for READY=1 in vain.
+    assert_eq!(daemon.notifications(), ["READY=1", "READY=1"]);
     let calls = world.finished_calls(2);
     assert!(
         calls

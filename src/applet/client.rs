@@ -243,7 +243,8 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
         .collect();
     if accepted {
         // Accept=yes: systemd accepted the connection and started us for it.
-        return daemon::serve_one(&listeners[0], &client);
+        let connection = listeners.into_iter().next().expect("one socket passed");
+        return daemon::serve_one(connection, &client, &notifier);
     }
     for l in &listeners {
         info!(target: "listener", "{} -> {} {}", l.addr, l.target, l.call);
