@@ -715,6 +715,8 @@ fn log_end(outcome: &Outcome, peer: Peer, route: Route, started: Instant) {
         level,
         QREXEC_TARGET = route.target.as_str(),
         QREXEC_CALL = route.call.as_str(),
+        QREXEC_SERVICE = route.call.service(),
+        QREXEC_ARGUMENT = route.call.argument().unwrap_or(""),
         QREXEC_PEER:% = peer,
         QREXEC_STATUS = outcome.code();
         "{peer} -> {} {}: {outcome} after {}.{:03}s",

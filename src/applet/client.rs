@@ -189,7 +189,8 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
     let Some(passed) = activation::take()? else {
         return Err(Error::NotConfigured(not_configured(name)));
     };
-    let notifier = Notifier::from_env().map_err(|e| Error::io("use NOTIFY_SOCKET", e))?;
+    let notifier = Notifier::from_env()
+        .map_err(|e| Error::Usage(format!("NOTIFY_SOCKET is not a usable socket address: {e}")))?;
     let routes = route(&passed, call.as_ref())?;
     let path = args
         .qrexec_client_vm
