@@ -1037,7 +1037,8 @@ fn refuses(
 /// What the static Rust runtime does at start-up, whatever the arguments:
 /// glibc reads /proc/self/exe, std reads /proc/self/maps for the stack guard.
 fn is_runtime_start_up(line: &str) -> bool {
-    let Some(call) = line.split_once(' ').map(|(_, rest)| rest) else {
+    // `PID  call(...) = result`, the pid padded to a width.
+    let Some(call) = line.split_once(' ').map(|(_, rest)| rest.trim_start()) else {
         return false;
     };
     call.starts_with("readlink(\"/proc/self/exe\"")
