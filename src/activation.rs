@@ -107,7 +107,7 @@ pub fn take() -> Result<Option<Vec<Passed>>> {
 
 fn describe(name: &Option<String>) -> String {
     match name {
-        Some(name) => format!("'{name}'"),
+        Some(name) => format!("'{}'", name.escape_debug()),
         None => "(unnamed)".to_owned(),
     }
 }

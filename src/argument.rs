@@ -17,7 +17,12 @@ pub struct Port(u16);
 
 impl Port {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = || format!("port '{s}' is not a number from 1 to 65535 without leading zeros");
+        let bad = || {
+            format!(
+                "port '{}' is not a number from 1 to 65535 without leading zeros",
+                s.escape_debug()
+            )
+        };
         if s.is_empty()
             || s.len() > 5
             || !s.bytes().all(|b| b.is_ascii_digit())
@@ -50,9 +55,12 @@ impl LoopbackAddr {
     pub fn parse(s: &str) -> Result<Self, String> {
         // Ipv4Addr's parser takes only four decimal octets without leading
         // zeros, so the accepted spelling is canonical.
-        let addr: Ipv4Addr = s
-            .parse()
-            .map_err(|_| format!("bind address '{s}' is not an IPv4 address like 127.0.1.1"))?;
+        let addr: Ipv4Addr = s.parse().map_err(|_| {
+            format!(
+                "bind address '{}' is not an IPv4 address like 127.0.1.1",
+                s.escape_debug()
+            )
+        })?;
         if !addr.is_loopback() {
             return Err(format!(
                 "bind address '{s}' is outside 127.0.0.0/8: the bind side stays on the loopback interface"
@@ -89,9 +97,12 @@ pub struct TcpBind {
 
 impl TcpBind {
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (port, bind) = s
-            .split_once('-')
-            .ok_or_else(|| format!("'{s}' is not PORT-BINDADDR (for example 2049-127.0.1.1)"))?;
+        let (port, bind) = s.split_once('-').ok_or_else(|| {
+            format!(
+                "'{}' is not PORT-BINDADDR (for example 2049-127.0.1.1)",
+                s.escape_debug()
+            )
+        })?;
         Ok(TcpBind {
             port: Port::parse(port)?,
             bind: LoopbackAddr::parse(bind)?,
@@ -119,7 +130,10 @@ impl SocketName {
             return Err("empty socket name".into());
         }
         if s.starts_with('.') {
-            return Err(format!("socket name '{s}' starts with '.'"));
+            return Err(format!(
+                "socket name '{}' starts with '.'",
+                s.escape_debug()
+            ));
         }
         if s.len() > MAX_SOCKET_NAME {
             return Err(format!(

@@ -53,7 +53,8 @@ impl Target {
                 Ok(Target(format!("@dispvm:{template}")))
             }
             _ => Err(format!(
-                "unknown target keyword '@{keyword}' (use a qube name, @default, @adminvm, @dispvm or @dispvm+TEMPLATE)"
+                "unknown target keyword '@{}' (use a qube name, @default, @adminvm, @dispvm or @dispvm+TEMPLATE)",
+                keyword.escape_debug()
             )),
         }
     }
@@ -124,7 +125,8 @@ impl Call {
     pub fn new(service: &str, argument: Option<&str>) -> Result<Self, String> {
         if service.contains('+') {
             return Err(format!(
-                "service name '{service}' contains '+'; give the argument separately"
+                "service name '{}' contains '+'; give the argument separately",
+                service.escape_debug()
             ));
         }
         match argument {
@@ -181,7 +183,7 @@ impl FdName {
             (Some(target), None, _) => Ok(FdName::Target(Target::parse(target)?)),
             (Some(target), Some(call), None) => Ok(FdName::Full(
                 Target::parse(target)?,
-                Call::parse(call).map_err(|e| format!("{e} in '{call}'"))?,
+                Call::parse(call).map_err(|e| format!("{e} in '{}'", call.escape_debug()))?,
             )),
             _ => Err("more than two words (the form is TARGET or 'TARGET SERVICE+ARG')".into()),
         }

@@ -3,7 +3,7 @@
 //!
 //! One `mio::Poll` in one thread watches the listeners, each child's pidfd
 //! (`pidfd_open(2)`: readable when it exits, so it is reaped without a
-//! blocking `waitpid`), each child's stderr pipe, and a signalfd for
+//! blocking `waitpid`), each child's stderr pipe, and a self-pipe for
 //! SIGTERM/SIGINT/SIGHUP/SIGPIPE. The daemon relays no data: the accepted
 //! socket is the child's stdin and stdout, and the daemon's copy is closed as
 //! soon as the child runs, so its memory does not grow with traffic.
@@ -21,7 +21,7 @@ use crate::call::{Call, Target};
 use crate::error::{Context as _, Result};
 use crate::notify::Notifier;
 use crate::qrexec::{Client, Outcome};
-use crate::sys::process::{self, Exit, SignalFd, signal_name};
+use crate::sys::process::{self, Exit, SignalPipe, signal_name};
 use crate::sys::socket::{self, SockAddr};
 
 /// Listener `i` has token `i`; connection slot `k` has `FIRST_CONNECTION + 2k`
@@ -106,6 +106,8 @@ struct Connection {
     pidfd: OwnedFd,
     /// Closed at EOF; the child may live on without it.
     stderr: Option<OwnedFd>,
+    /// The start of a stderr line whose end has not arrived yet.
+    partial: Vec<u8>,
     listener: u32,
     peer: Peer,
     started: Instant,
@@ -135,7 +137,7 @@ enum Phase {
 
 struct Context {
     poll: Poll,
-    signals: SignalFd,
+    signals: SignalPipe,
     listeners: Vec<Listener>,
     slots: Vec<Option<Connection>>,
     free: Vec<u32>,
@@ -163,7 +165,7 @@ pub fn run(
     notifier: Notifier,
 ) -> Result<()> {
     let poll = Poll::new().context(|| "create the event loop".into())?;
-    let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE])
+    let signals = SignalPipe::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE])
         .context(|| "set up signal handling".into())?;
     poll.registry()
         .register(
@@ -466,6 +468,7 @@ impl Context {
             pid: spawned.pid,
             pidfd,
             stderr: Some(spawned.stderr),
+            partial: Vec::new(),
             listener: index as u32,
             peer,
             started: Instant::now(),
@@ -487,7 +490,7 @@ impl Context {
             return;
         };
         let listener = &self.listeners[conn.listener as usize];
-        if drain_stderr(conn.stderr.as_ref(), conn.peer, listener) {
+        if drain_stderr(conn.stderr.as_ref(), &mut conn.partial, conn.peer, listener) {
             // EOF: closing the fd also removes it from the poll.
             conn.stderr = None;
         }
@@ -512,9 +515,10 @@ impl Context {
 
     /// The one place a connection ends: last stderr lines, the log line,
     /// counters, and accepting again if the limit had stopped it.
-    fn release(&mut self, conn: Connection, exit: Exit) {
+    fn release(&mut self, mut conn: Connection, exit: Exit) {
         let listener = &self.listeners[conn.listener as usize];
-        drain_stderr(conn.stderr.as_ref(), conn.peer, listener);
+        drain_stderr(conn.stderr.as_ref(), &mut conn.partial, conn.peer, listener);
+        log_stderr_line(&conn.partial, conn.peer, listener);
         let outcome = Outcome {
             exit,
             target: &listener.target,
@@ -622,26 +626,37 @@ impl Context {
     }
 }
 
+/// The longest stderr line kept whole; a longer one is logged in pieces.
+const MAX_STDERR_LINE: usize = 4096;
+
 /// Reads what is available on a child's stderr and logs it line by line.
-/// Returns true at EOF (or when there is no stderr left).
-fn drain_stderr(fd: Option<&OwnedFd>, peer: Peer, route: &Listener) -> bool {
+/// A line may arrive in several reads: its start waits in `partial`, logged
+/// at EOF if no newline ends it. Returns true at EOF (or when there is no
+/// stderr left).
+fn drain_stderr(fd: Option<&OwnedFd>, partial: &mut Vec<u8>, peer: Peer, route: &Listener) -> bool {
     let Some(fd) = fd else {
         return true;
     };
     let mut buf = [0u8; 4096];
     loop {
         match crate::sys::read(fd.as_fd(), &mut buf) {
-            Ok(0) => return true,
+            Ok(0) => {
+                log_stderr_line(partial, peer, route);
+                *partial = Vec::new();
+                return true;
+            }
             Ok(n) => {
-                for line in buf[..n].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    warn!(
-                        target: "connection",
-                        QREXEC_TARGET = route.target.as_str(), QREXEC_CALL = route.call.as_str();
-                        "{peer} -> {} {}: {}",
-                        route.target,
-                        route.call,
-                        String::from_utf8_lossy(line).trim_end()
-                    );
+                let mut rest = &buf[..n];
+                while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                    partial.extend_from_slice(&rest[..end]);
+                    log_stderr_line(partial, peer, route);
+                    partial.clear();
+                    rest = &rest[end + 1..];
+                }
+                partial.extend_from_slice(rest);
+                if partial.len() >= MAX_STDERR_LINE {
+                    log_stderr_line(partial, peer, route);
+                    partial.clear();
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -652,6 +667,23 @@ fn drain_stderr(fd: Option<&OwnedFd>, peer: Peer, route: &Listener) -> bool {
             }
         }
     }
+}
+
+/// Logs one line a child wrote to stderr, with its connection.
+fn log_stderr_line(line: &[u8], peer: Peer, route: &Listener) {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim_end();
+    if line.is_empty() {
+        return;
+    }
+    warn!(
+        target: "connection",
+        QREXEC_TARGET = route.target.as_str(), QREXEC_CALL = route.call.as_str();
+        "{peer} -> {} {}: {}",
+        route.target,
+        route.call,
+        crate::logging::printable(line)
+    );
 }
 
 /// Serves one already-accepted connection (a unit with `Accept=yes`) and
@@ -669,7 +701,7 @@ pub fn serve_one(route: &Listener, client: &Client) -> Result<u8> {
         .spawn(fd, &route.target, &route.call)
         .context(|| format!("run {}", client.path.display()))?;
     // Blocking reads: there is nothing else to wait for.
-    drain_stderr(Some(&spawned.stderr), peer, route);
+    drain_stderr(Some(&spawned.stderr), &mut Vec::new(), peer, route);
     let exit = process::wait(spawned.pid).context(|| "wait for qrexec-client-vm".into())?;
     let outcome = Outcome {
         exit,

@@ -10,10 +10,11 @@
 //! warnings and errors go there, one line each; everything goes to the
 //! journal of the service qube when one is reachable.
 
-use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::borrow::Cow;
 use std::io::Write;
 use std::sync::OnceLock;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use systemd_journal_logger::JournalLog;
 
@@ -44,6 +45,22 @@ pub fn init(identifier: &'static str, verbose: bool) {
 /// One line per record: `identifier: level: message`, level omitted for info.
 struct Stderr {
     identifier: &'static str,
+}
+
+impl Log for Stderr {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        let level = level_prefix(record.level());
+        // One write per line, so lines of concurrent writers do not interleave;
+        // a failed write to stderr has nowhere to be reported.
+        let line = format!("{}: {level}{}\n", self.identifier, record.args());
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
 }
 
 fn level_prefix(level: Level) -> &'static str {
@@ -109,7 +126,7 @@ impl Log for Service {
                 "{}: {}{}\n",
                 self.identifier,
                 level_prefix(record.level()),
-                one_line(&message)
+                printable(&message)
             );
             let _ = std::io::stderr().lock().write_all(line.as_bytes());
         }
@@ -118,19 +135,19 @@ impl Log for Service {
     fn flush(&self) {}
 }
 
-/// `message` with control characters escaped (`\n`, `\u{1b}`), so that a
-/// value from outside (an argument, a path) cannot start a new line or drive
-/// the terminal of whoever reads it.
-pub fn one_line(message: &str) -> Cow<'_, str> {
-    if !message.chars().any(char::is_control) {
-        return Cow::Borrowed(message);
+/// Text from outside (a child's stderr, which carries the remote service's)
+/// made safe for one log line: control characters, such as terminal escape
+/// sequences or a carriage return that would overwrite the line, are
+/// written as escapes.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
     }
     Cow::Owned(
-        message
-            .chars()
+        text.chars()
             .map(|c| {
                 if c.is_control() {
-                    c.escape_default().collect()
+                    c.escape_default().to_string()
                 } else {
                     c.to_string()
                 }
@@ -139,30 +156,17 @@ pub fn one_line(message: &str) -> Cow<'_, str> {
     )
 }
 
-impl Log for Stderr {
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-
-    fn log(&self, record: &Record<'_>) {
-        let level = level_prefix(record.level());
-        // One write per line, so lines of concurrent writers do not interleave;
-        // a failed write to stderr has nowhere to be reported.
-        let line = format!("{}: {level}{}\n", self.identifier, record.args());
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
-    }
-
-    fn flush(&self) {}
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn one_line_escapes_control_characters() {
-        assert_eq!(one_line("plain 'words' é"), "plain 'words' é");
-        assert!(matches!(one_line("plain"), Cow::Borrowed(_)));
-        assert_eq!(one_line("a\nb\r\tc\u{1b}[0m"), "a\\nb\\r\\tc\\u{1b}[0m");
+    fn printable_escapes_control_characters() {
+        assert!(matches!(printable("Request refused"), Cow::Borrowed(_)));
+        assert_eq!(
+            printable("a\u{1b}[31mred\u{7}\rb\tc"),
+            "a\\u{1b}[31mred\\u{7}\\rb\\tc"
+        );
+        assert_eq!(printable("wörk"), "wörk");
     }
 }

@@ -95,12 +95,15 @@ impl Client {
     /// new pipe as its stderr. Our copy of the connection is closed on return.
     pub fn spawn(&self, connection: OwnedFd, target: &Target, call: &Call) -> io::Result<Spawned> {
         let stdin = connection.try_clone()?;
-        let mut child = Command::new(&self.path)
+        let mut command = Command::new(&self.path);
+        command
             .args(self.args(target, call))
             .stdin(Stdio::from(stdin))
             .stdout(Stdio::from(connection))
-            .stderr(Stdio::piped())
-            .spawn()?;
+            .stderr(Stdio::piped());
+        let mut child = command.spawn()?;
+        // The command holds our copies of the connection until dropped.
+        drop(command);
         let stderr = child.stderr.take().expect("stderr was requested as a pipe");
         // Dropping `child` neither waits nor kills: the daemon reaps it when
         // its pidfd says it ended.
@@ -143,6 +146,10 @@ impl fmt::Display for Outcome<'_> {
             Exit::Code(1) => {
                 f.write_str("failed (status 1: qrexec is not running here, or the service failed)")
             }
+            Exit::Code(2) => write!(
+                f,
+                "failed (status 2: qrexec-client-vm refused its options, or the service in {target} failed)"
+            ),
             Exit::Code(125) => write!(
                 f,
                 "the service exists in {target} but could not be started (status 125)"

@@ -1,8 +1,8 @@
 //! Process calls: child exit notification (pidfd), reaping, signals.
 
 use std::io;
-use std::mem::{MaybeUninit, size_of};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::syscall;
 
@@ -64,53 +64,72 @@ pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
     syscall!(kill(pid as libc::pid_t, signal)).map(drop)
 }
 
-/// A `signalfd(2)` for a set of signals, which are blocked for normal delivery.
-pub struct SignalFd {
-    fd: OwnedFd,
+/// The write end of the self-pipe, for the signal handler.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+/// Writes the signal's number into the self-pipe; async-signal-safe.
+extern "C" fn on_signal(signal: libc::c_int) {
+    // SAFETY: write(2) and errno access are async-signal-safe; the byte lives
+    // on this handler's stack. A full pipe drops the byte, which is fine: the
+    // signals already queued there wake the loop just the same.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let byte = signal as u8;
+        libc::write(
+            SIGNAL_PIPE.load(Ordering::Relaxed),
+            (&byte as *const u8).cast(),
+            1,
+        );
+        *libc::__errno_location() = errno;
+    }
 }
 
-impl SignalFd {
-    /// Blocks `signals` (`sigprocmask`) and returns a non-blocking signalfd for them.
-    ///
-    /// Children do not inherit the block: std resets the signal mask of every
-    /// process it spawns.
+/// Signals delivered as bytes on a pipe (the self-pipe trick), for an event loop.
+///
+/// A handler rather than a `signalfd(2)`: signalfd needs the signals blocked,
+/// and a blocked mask is inherited by every child across exec (a
+/// qrexec-client-vm with SIGTERM blocked would ignore the daemon's SIGTERM),
+/// while a handled signal is reset to its default there. Children thus start
+/// with the dispositions and mask they expect, and std's `Command` keeps its
+/// `posix_spawn` path (a pre-exec hook to reset the mask would force fork).
+pub struct SignalPipe {
+    read: OwnedFd,
+}
+
+impl SignalPipe {
+    /// Installs the handler for `signals`; one SignalPipe per process.
     pub fn new(signals: &[i32]) -> io::Result<Self> {
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: sigemptyset initializes the set it is given.
-        syscall!(sigemptyset(set.as_mut_ptr()))?;
-        for &sig in signals {
-            // SAFETY: the set was initialized by sigemptyset.
-            syscall!(sigaddset(set.as_mut_ptr(), sig))?;
+        let mut fds = [0; 2];
+        // SAFETY: fds has room for the two descriptors pipe2 returns.
+        syscall!(pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC))?;
+        // SAFETY: pipe2 returned two new descriptors that nothing else owns.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let previous = SIGNAL_PIPE.swap(write.into_raw_fd(), Ordering::Relaxed);
+        assert_eq!(previous, -1, "one SignalPipe per process");
+        for &signal in signals {
+            // SAFETY: an all-zero sigaction is a valid value; fields are set below.
+            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            action.sa_flags = libc::SA_RESTART;
+            // SAFETY: sa_mask is a sigset_t inside action.
+            syscall!(sigemptyset(&mut action.sa_mask))?;
+            // SAFETY: action is initialized; a null old-action pointer is allowed.
+            syscall!(sigaction(signal, &action, std::ptr::null_mut()))?;
         }
-        // SAFETY: the set is initialized; a null old-set pointer is allowed.
-        let res =
-            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut()) };
-        if res != 0 {
-            return Err(io::Error::from_raw_os_error(res));
-        }
-        // SAFETY: the set is initialized; -1 asks for a new fd.
-        let fd = syscall!(signalfd(
-            -1,
-            set.as_ptr(),
-            libc::SFD_NONBLOCK | libc::SFD_CLOEXEC
-        ))?;
-        // SAFETY: signalfd returned a new descriptor that nothing else owns.
-        Ok(SignalFd {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(SignalPipe { read })
     }
 
     /// Reads one pending signal, `None` when there is none.
     pub fn read(&self) -> io::Result<Option<i32>> {
-        let mut info = MaybeUninit::<libc::signalfd_siginfo>::uninit();
-        let size = size_of::<libc::signalfd_siginfo>();
-        // SAFETY: info is writable for `size` bytes.
-        match syscall!(read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), size)) {
-            Ok(n) if n as usize == size => {
-                // SAFETY: the kernel wrote a whole signalfd_siginfo.
-                Ok(Some(unsafe { info.assume_init() }.ssi_signo as i32))
-            }
-            Ok(_) => Err(io::Error::other("short read from signalfd")),
+        let mut byte = 0u8;
+        // SAFETY: byte is writable for one byte.
+        match syscall!(read(
+            self.read.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1
+        )) {
+            Ok(1) => Ok(Some(i32::from(byte))),
+            Ok(_) => Ok(None),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
         }
@@ -118,7 +137,7 @@ impl SignalFd {
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         use std::os::fd::AsFd;
-        self.fd.as_fd()
+        self.read.as_fd()
     }
 }
 

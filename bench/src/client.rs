@@ -1,0 +1,591 @@
+//! The client side: forwarders that accept TCP connections on 127.0.0.1 and
+//! hand each to the stand-in for qrexec-client-vm.
+
+use std::fs::OpenOptions;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qrexec_connect_bench::stats::{median, min_max, percentile};
+use qrexec_connect_bench::{load, procs, sys};
+
+use crate::report::{self, Results, Series, Table};
+use crate::{Setup, rotated, show_command};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Peer {
+    Ours,
+    Socat,
+    Accept,
+    Floor,
+}
+
+pub const PEERS: [Peer; 4] = [Peer::Ours, Peer::Socat, Peer::Accept, Peer::Floor];
+const NAMES: [&str; 4] = ["qrexec-connect-tcp", "socat", "Accept=yes", "floor"];
+const FLOOR: &str = "floor";
+/// A peer gets this long to start listening.
+const START_LIMIT: Duration = Duration::from_secs(5);
+/// Stand-ins and forks left after a measurement get this long to end.
+const REAP_LIMIT: Duration = Duration::from_secs(10);
+
+impl Peer {
+    pub fn name(self) -> &'static str {
+        NAMES[self as usize]
+    }
+
+    /// Its command line, listening on `port`; None when a program is missing.
+    fn argv(self, s: &Setup, port: &str) -> Result<Vec<String>, String> {
+        let bin = |name: &str| s.bin.join(name).display().to_string();
+        let activate = || {
+            s.activate
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .ok_or("systemd-socket-activate is not installed")
+        };
+        let listen = format!("127.0.0.1:{port}");
+        let call = format!("qubes.ConnectTCP+{port}");
+        let standin = bin("qrexec-client-vm");
+        Ok(match self {
+            Peer::Ours => vec![
+                activate()?,
+                "-l".into(),
+                listen,
+                "--fdname=bench".into(),
+                "-E".into(),
+                "NOTIFY_SOCKET".into(),
+                bin("qrexec-connect-tcp"),
+                port.into(),
+                "--qrexec-client-vm".into(),
+                standin,
+            ],
+            Peer::Socat => vec![
+                s.socat
+                    .as_ref()
+                    .ok_or("socat is not installed")?
+                    .display()
+                    .to_string(),
+                format!("TCP-LISTEN:{port},reuseaddr,fork,bind=127.0.0.1"),
+                format!("EXEC:{standin} bench {call}"),
+            ],
+            Peer::Accept => vec![
+                activate()?,
+                "-l".into(),
+                listen,
+                "--accept".into(),
+                "--inetd".into(),
+                standin,
+                "--use-stdin-socket".into(),
+                "--".into(),
+                "bench".into(),
+                call,
+            ],
+            Peer::Floor => vec![
+                activate()?,
+                "-l".into(),
+                listen,
+                bin("bench-client-floor"),
+                standin,
+                "--use-stdin-socket".into(),
+                "--".into(),
+                "bench".into(),
+                call,
+            ],
+        })
+    }
+}
+
+/// A peer listening on 127.0.0.1.
+struct Running {
+    proc: procs::Proc,
+    addr: SocketAddr,
+}
+
+/// Starts `peer` on a free port and waits until it listens (by /proc, so a
+/// socket-activated daemon is not started by the check).
+fn start(s: &Setup, peer: Peer) -> Result<Running, String> {
+    let log = s
+        .out
+        .join("logs")
+        .join(format!("client-{}.log", peer.name()));
+    for _ in 0..3 {
+        let port = procs::free_port();
+        let argv = peer.argv(s, &port.to_string())?;
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID")
+            .env_remove("LISTEN_FDNAMES");
+        if peer == Peer::Ours {
+            cmd.env("NOTIFY_SOCKET", &s.notify_path);
+        }
+        let mut proc = procs::Proc::spawn(&mut cmd).map_err(|e| format!("{}: {e}", argv[0]))?;
+        let deadline = Instant::now() + START_LIMIT;
+        loop {
+            if procs::listening(port) {
+                return Ok(Running {
+                    proc,
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                });
+            }
+            if proc.exited() {
+                // Most likely the port was taken meanwhile: another one.
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} did not listen within {START_LIMIT:?}",
+                    peer.name()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Err(format!(
+        "{} failed to start three times (see bench/out/logs)",
+        peer.name()
+    ))
+}
+
+/// Stops the peer and reaps everything it left; notes stragglers.
+fn stop(r: &mut Results, peer: Peer, running: Running) {
+    running.proc.stop();
+    let killed = procs::reap_orphans(REAP_LIMIT);
+    if killed > 0 {
+        r.note(format!(
+            "{}: {killed} processes were still running after a measurement and were killed",
+            peer.name()
+        ));
+    }
+}
+
+/// Opens a connection for bulk transfer: (reader, writer), with timeouts.
+pub fn connect_bulk(addr: SocketAddr) -> Result<(TcpStream, TcpStream), String> {
+    let s = TcpStream::connect_timeout(&addr, load::TIMEOUT)
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(load::TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(load::TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    let w = s.try_clone().map_err(|e| e.to_string())?;
+    Ok((s, w))
+}
+
+pub fn run(s: &Setup, r: &mut Results) {
+    for peer in PEERS {
+        match peer.argv(s, "PORT") {
+            Ok(argv) => r.command(peer.name(), show_command(s, &argv)),
+            Err(why) => {
+                r.unavailable.insert(peer.name().into(), why);
+            }
+        }
+    }
+    let peers: Vec<Peer> = PEERS
+        .into_iter()
+        .filter(|p| !r.unavailable.contains_key(p.name()))
+        .collect();
+    for rep in 0..s.repeats {
+        for (i, &p) in s.parallelism.iter().enumerate() {
+            for peer in rotated(&peers, rep + i) {
+                if let Err(e) = rate_point(s, r, peer, p) {
+                    r.note(format!("{} at parallelism {p}: {e}", peer.name()));
+                }
+            }
+        }
+        for peer in rotated(&peers, rep) {
+            if let Err(e) = bulk_point(s, r, peer) {
+                r.note(format!("{} bulk: {e}", peer.name()));
+            }
+        }
+        for peer in rotated(&peers, rep) {
+            if let Err(e) = memory_point(s, r, peer) {
+                r.note(format!("{} memory: {e}", peer.name()));
+            }
+        }
+        for peer in rotated(&peers, rep) {
+            if let Err(e) = first_point(s, r, peer) {
+                r.note(format!("{} first connection: {e}", peer.name()));
+            }
+        }
+    }
+}
+
+/// Connections per second, latency and CPU per connection at one parallelism.
+fn rate_point(s: &Setup, r: &mut Results, peer: Peer, p: usize) -> Result<(), String> {
+    let cpu0 = sys::children_cpu();
+    let running = start(s, peer)?;
+    // The first connection starts a socket-activated daemon: not measured here.
+    let warm = load::one_line(running.addr);
+    let rate = warm.is_ok().then(|| {
+        load::rate(
+            running.addr,
+            p,
+            Duration::from_secs_f64(s.seconds),
+            s.max_connections,
+        )
+    });
+    stop(r, peer, running);
+    let cpu = sys::children_cpu().saturating_sub(cpu0);
+    warm.map_err(|e| format!("first connection: {e}"))?;
+    let rate = rate.expect("measured when warm");
+    if rate.errors > 0 {
+        r.note(format!(
+            "{} at parallelism {p}: {} failed connections ({})",
+            peer.name(),
+            rate.errors,
+            rate.first_error.as_deref().unwrap_or("?")
+        ));
+    }
+    if rate.completed == 0 {
+        return Err("no connection completed".into());
+    }
+    let name = peer.name();
+    r.add(&format!("conn/s@{p}"), name, rate.per_second());
+    r.add(
+        &format!("p50@{p}"),
+        name,
+        percentile(&rate.latencies_ms, 50.0),
+    );
+    r.add(
+        &format!("p99@{p}"),
+        name,
+        percentile(&rate.latencies_ms, 99.0),
+    );
+    r.add(
+        &format!("cpu/conn@{p}"),
+        name,
+        cpu.as_secs_f64() * 1e3 / (rate.completed + 1) as f64,
+    );
+    s.progress(&format!(
+        "client {name:<18} P={p:<3} {:>6.0} conn/s  p50 {:.2} ms  p99 {:.2} ms  cpu {:.3} ms/conn",
+        rate.per_second(),
+        percentile(&rate.latencies_ms, 50.0),
+        percentile(&rate.latencies_ms, 99.0),
+        cpu.as_secs_f64() * 1e3 / (rate.completed + 1) as f64
+    ));
+    Ok(())
+}
+
+/// MB/s each way over one connection, and CPU per GiB.
+fn bulk_point(s: &Setup, r: &mut Results, peer: Peer) -> Result<(), String> {
+    let cpu0 = sys::children_cpu();
+    let running = start(s, peer)?;
+    let result = load::one_line(running.addr)
+        .map_err(|e| format!("first connection: {e}"))
+        .and_then(|_| connect_bulk(running.addr))
+        .and_then(|(reader, writer)| {
+            let t = load::bulk(
+                &reader,
+                writer,
+                |w: &TcpStream| {
+                    let _ = w.shutdown(Shutdown::Write);
+                },
+                s.bulk_bytes,
+                &s.pattern,
+            );
+            load::no_time_wait(&reader);
+            t
+        });
+    stop(r, peer, running);
+    let cpu = sys::children_cpu().saturating_sub(cpu0);
+    let t = result?;
+    let mbps = s.bulk_bytes as f64 / 1e6 / t.as_secs_f64();
+    let gib = s.bulk_bytes as f64 / (1u64 << 30) as f64;
+    r.add("bulk MB/s", peer.name(), mbps);
+    r.add("bulk cpu s/GiB", peer.name(), cpu.as_secs_f64() / gib);
+    s.progress(&format!(
+        "client {:<18} bulk {mbps:>6.0} MB/s each way  cpu {:.2} s/GiB",
+        peer.name(),
+        cpu.as_secs_f64() / gib
+    ));
+    Ok(())
+}
+
+/// The daemon's RSS and PSS after one connection, then with more and more
+/// open at once; and the PSS of every forwarder process (not the stand-ins).
+fn memory_point(s: &Setup, r: &mut Results, peer: Peer) -> Result<(), String> {
+    let running = start(s, peer)?;
+    let result = memory_levels(s, r, peer, &running);
+    stop(r, peer, running);
+    result
+}
+
+fn memory_levels(s: &Setup, r: &mut Results, peer: Peer, running: &Running) -> Result<(), String> {
+    load::one_line(running.addr).map_err(|e| format!("first connection: {e}"))?;
+    let root = running.proc.pid;
+    // Idle means the first connection's stand-in has gone too.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline && !idle(root) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut open: Vec<TcpStream> = Vec::new();
+    let mut line = Vec::new();
+    for &level in &s.open_levels {
+        while open.len() < level {
+            let mut c = TcpStream::connect_timeout(&running.addr, load::TIMEOUT)
+                .map_err(|e| format!("connection {}: {e}", open.len() + 1))?;
+            c.set_read_timeout(Some(load::TIMEOUT))
+                .map_err(|e| e.to_string())?;
+            std::io::Write::write_all(&mut c, load::LINE).map_err(|e| e.to_string())?;
+            load::read_line_echo(&mut c, Instant::now())
+                .map_err(|e| format!("connection {}: {e}", open.len() + 1))?;
+            open.push(c);
+        }
+        let (rss, pss) = procs::rss_pss(root).ok_or("the daemon is gone")?;
+        let total: u64 = std::iter::once(root)
+            .chain(procs::descendants(root))
+            .filter(|&pid| procs::exe(pid).is_some_and(|e| e != s.standin))
+            .filter_map(|pid| procs::rss_pss(pid).map(|(_, pss)| pss))
+            .sum();
+        r.add(&format!("rss@{level}"), peer.name(), rss as f64);
+        r.add(&format!("pss@{level}"), peer.name(), pss as f64);
+        r.add(&format!("fwd-pss@{level}"), peer.name(), total as f64);
+        line.push(format!("{level}: {rss}/{pss}/{total}"));
+    }
+    let first = *s.open_levels.first().unwrap_or(&0);
+    let last = *s.open_levels.last().unwrap_or(&0);
+    let growth = r
+        .get(&format!("rss@{last}"), peer.name())
+        .last()
+        .copied()
+        .unwrap_or(f64::NAN)
+        - r.get(&format!("rss@{first}"), peer.name())
+            .last()
+            .copied()
+            .unwrap_or(f64::NAN);
+    r.add("rss growth", peer.name(), growth);
+    for c in &open {
+        let _ = c.shutdown(Shutdown::Write);
+    }
+    for mut c in open {
+        if load::expect_eof(&mut c).is_ok() {
+            load::no_time_wait(&c);
+        }
+    }
+    s.progress(&format!(
+        "client {:<18} memory KiB rss/pss/forwarders pss by open connections: {}",
+        peer.name(),
+        line.join(", ")
+    ));
+    Ok(())
+}
+
+/// Whether `root` has no running descendant (zombies have no exe).
+fn idle(root: u32) -> bool {
+    procs::descendants(root)
+        .into_iter()
+        .all(|pid| procs::exe(pid).is_none())
+}
+
+/// Time from connect() to the first echoed byte on a freshly started peer
+/// (for socket-activated ones, the daemon starts on this connection), and
+/// for ours, to READY=1.
+fn first_point(s: &Setup, r: &mut Results, peer: Peer) -> Result<(), String> {
+    let mut firsts = Vec::new();
+    let mut readies = Vec::new();
+    for _ in 0..s.first_samples {
+        let running = start(s, peer)?;
+        s.drain_notify();
+        let t0 = Instant::now();
+        let result = TcpStream::connect_timeout(&running.addr, load::TIMEOUT)
+            .and_then(|mut c| {
+                c.set_read_timeout(Some(load::TIMEOUT))?;
+                std::io::Write::write_all(&mut c, load::LINE)?;
+                load::echo_and_eof(&mut c, t0)
+            })
+            .map_err(|e| e.to_string());
+        if peer == Peer::Ours {
+            let deadline = t0 + Duration::from_secs(2);
+            let mut ready = None;
+            while let Ok((at, msg)) = s
+                .notify
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                if msg.lines().any(|l| l == "READY=1") {
+                    ready = Some(at.saturating_duration_since(t0));
+                    break;
+                }
+            }
+            match ready {
+                Some(t) => readies.push(t.as_secs_f64() * 1e3),
+                None => r.note("qrexec-connect-tcp sent no READY=1 within 2 s".into()),
+            }
+        }
+        stop(r, peer, running);
+        firsts.push(result?.as_secs_f64() * 1e3);
+    }
+    let name = peer.name();
+    r.add("first ms", name, median(&firsts));
+    if !readies.is_empty() {
+        r.add("ready ms", name, median(&readies));
+    }
+    let (lo, hi) = min_max(&firsts);
+    s.progress(&format!(
+        "client {name:<18} first connection {:.2} ms (of {} starts: {lo:.2}-{hi:.2}){}",
+        median(&firsts),
+        firsts.len(),
+        if readies.is_empty() {
+            String::new()
+        } else {
+            format!(", READY=1 after {:.2} ms", median(&readies))
+        }
+    ));
+    Ok(())
+}
+
+/// The client side's part of the goals table.
+pub fn goals(s: &Setup, r: &Results) -> Vec<(String, String, Option<bool>)> {
+    let ours = Peer::Ours.name();
+    let mut rows = Vec::new();
+    let ratios: Vec<(usize, f64)> = s
+        .parallelism
+        .iter()
+        .map(|&p| (p, r.ratio(&format!("conn/s@{p}"), ours, FLOOR)))
+        .collect();
+    let worst = ratios.iter().map(|(_, x)| *x).fold(f64::INFINITY, f64::min);
+    rows.push((
+        "client connections/s ≥ 0.95 × floor at every parallelism".into(),
+        ratios
+            .iter()
+            .map(|(p, x)| format!("{p}: ×{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        (!worst.is_nan()).then_some(worst >= 0.95),
+    ));
+    let bulk = r.ratio("bulk MB/s", ours, FLOOR);
+    rows.push((
+        "client bulk ≥ 0.95 × floor".into(),
+        format!("×{bulk:.2}"),
+        (!bulk.is_nan()).then_some(bulk >= 0.95),
+    ));
+    let first = s.open_levels.first().copied().unwrap_or(0);
+    let last = s.open_levels.last().copied().unwrap_or(0);
+    let idle = r.median(&format!("rss@{first}"), ours);
+    rows.push((
+        "daemon idle RSS ≤ 1.5 MiB".into(),
+        format!("{:.2} MiB", idle / 1024.0),
+        (!idle.is_nan()).then_some(idle <= 1.5 * 1024.0),
+    ));
+    let growth = r.median("rss growth", ours);
+    rows.push((
+        format!("daemon RSS with {last} open connections ≤ idle + 64 KiB"),
+        format!("+{} KiB", report::num(growth)),
+        (!growth.is_nan()).then_some(growth <= 64.0),
+    ));
+    let first_conn = r.ratio("first ms", ours, FLOOR);
+    rows.push((
+        "first connection (socket activation) ≤ 1.2 × floor".into(),
+        format!(
+            "{} ms, ×{first_conn:.2}; READY=1 after {} ms",
+            report::num(r.median("first ms", ours)),
+            report::num(r.median("ready ms", ours))
+        ),
+        (!first_conn.is_nan()).then_some(first_conn <= 1.2),
+    ));
+    rows
+}
+
+/// The client side's sections of RESULTS.md, and its plots.
+pub fn report(s: &Setup, r: &Results, plots: &Path) -> String {
+    let floor = |_: &str| Some(FLOOR);
+    let peers: Vec<&str> = NAMES.to_vec();
+    let by_p = |fig: &str| -> Vec<(String, String)> {
+        s.parallelism
+            .iter()
+            .map(|p| (format!("P={p}"), format!("{fig}@{p}")))
+            .collect()
+    };
+    let table = |columns| {
+        Table {
+            columns,
+            peers: &peers,
+            floor: &floor,
+        }
+        .render(r)
+    };
+    let mut md = String::from(
+        "## Client side\n\nPeers: **qrexec-connect-tcp** (ours, under `systemd-socket-activate`), **socat** as `qvm-connect-tcp` runs it, **Accept=yes** (`systemd-socket-activate --accept --inetd` starting the stand-in per connection), and the **floor** (`bench-client-floor`: accept and `posix_spawn`, nothing else). Each runs the same compiled echo stand-in for qrexec-client-vm.\n\n",
+    );
+    md.push_str("### Connections per second\n\nOne line of request and its echo per connection, P connections at a time; higher is better.\n\n");
+    md.push_str(&table(by_p("conn/s")));
+    md.push_str("\n![connections per second by parallelism](conn-rate.png)\n\n");
+    md.push_str("### Latency, p50 (ms)\n\nconnect() to EOF after the echo; lower is better.\n\n");
+    md.push_str(&table(by_p("p50")));
+    md.push_str("\n### Latency, p99 (ms)\n\n");
+    md.push_str(&table(by_p("p99")));
+    md.push_str("\n### CPU per connection (ms)\n\nUser + system time of the peer and everything it started (stand-ins included, so the floor is the stand-in's own cost plus the least forwarding), over the connections of the point; lower is better.\n\n");
+    md.push_str(&table(by_p("cpu/conn")));
+    md.push_str(&format!("\n### Bulk\n\n{} MiB each way over one connection, echoed and verified; CPU per GiB as above.\n\n", s.bulk_bytes >> 20));
+    md.push_str(&table(vec![
+        ("MB/s each way".into(), "bulk MB/s".into()),
+        ("CPU s per GiB".into(), "bulk cpu s/GiB".into()),
+    ]));
+    let last = s.open_levels.last().copied().unwrap_or(0);
+    let first = s.open_levels.first().copied().unwrap_or(0);
+    md.push_str(&format!("\n### Memory (KiB)\n\nThe daemon (the listening process) after one connection (idle) and with {last} connections open at once; 'forwarders PSS' adds every process the peer forked that is not a stand-in (socat forks one per connection). Lower is better.\n\n"));
+    md.push_str(&table(vec![
+        ("RSS idle".into(), format!("rss@{first}")),
+        ("PSS idle".into(), format!("pss@{first}")),
+        (format!("RSS @{last}"), format!("rss@{last}")),
+        (format!("PSS @{last}"), format!("pss@{last}")),
+        ("RSS growth".into(), "rss growth".into()),
+        (format!("forwarders PSS @{last}"), format!("fwd-pss@{last}")),
+    ]));
+    md.push_str("\n![daemon RSS by open connections](rss.png)\n\n");
+    md.push_str(&format!("### First connection (ms)\n\nconnect() to the first echoed byte on a freshly started peer, median of {} starts per repeat; for the socket-activated peers (ours, floor) the daemon starts on that connection. READY=1: connect() to our READY=1 on NOTIFY_SOCKET.\n\n", s.first_samples));
+    md.push_str(&table(vec![
+        ("first byte".into(), "first ms".into()),
+        ("READY=1".into(), "ready ms".into()),
+    ]));
+    md.push('\n');
+    let data = s.out.join("plots");
+    let _ = std::fs::create_dir_all(&data);
+    let series = |fig: &dyn Fn(usize) -> String, xs: &[usize], scale: f64| -> Vec<Series> {
+        PEERS
+            .iter()
+            .map(|p| Series {
+                title: p.name().into(),
+                points: xs
+                    .iter()
+                    .filter_map(|&x| {
+                        let v = r.get(&fig(x), p.name());
+                        (!v.is_empty()).then(|| {
+                            let (lo, hi) = min_max(v);
+                            (x as f64, median(v) * scale, lo * scale, hi * scale)
+                        })
+                    })
+                    .collect(),
+            })
+            .collect()
+    };
+    let plotted = [
+        report::plot(
+            &data,
+            &plots.join("conn-rate.png"),
+            "conn-rate",
+            "set title 'Connections per second (one line echoed), median and range of repeats'\nset logscale x 2\nset xlabel 'connections at once'\nset ylabel 'connections/s'\nset yrange [0:*]",
+            &series(&|p| format!("conn/s@{p}"), &s.parallelism, 1.0),
+        ),
+        report::plot(
+            &data,
+            &plots.join("rss.png"),
+            "rss",
+            "set title 'Daemon RSS by open connections, median and range of repeats'\nset xlabel 'open connections'\nset ylabel 'RSS (MiB)'\nset yrange [0:*]",
+            &series(&|n| format!("rss@{n}"), &s.open_levels, 1.0 / 1024.0),
+        ),
+    ];
+    for p in plotted {
+        if let Err(e) = p {
+            md.push_str(&format!("(plot not made: {e})\n\n"));
+        }
+    }
+    md
+}

@@ -1,0 +1,57 @@
+//! The positional arguments of the client applets and the arguments of the
+//! services: Port, LoopbackAddr, TcpBind, SocketName. Never a panic; each
+//! accepts only its one canonical spelling, and each accepted value makes a
+//! call that qrexec carries unchanged.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use qrexec_connect::argument::{LoopbackAddr, Port, SocketName, TcpBind};
+use qrexec_connect::call::Call;
+
+fn call_for(service: &str, argument: &str) {
+    let call = Call::new(service, Some(argument)).expect("an accepted argument makes a valid call");
+    assert_eq!(call.argument(), Some(argument));
+}
+
+/// A refusal is logged as one line: the input it quotes must not break it.
+fn one_line(e: &str) {
+    assert!(!e.is_empty() && !e.chars().any(char::is_control), "{e:?}");
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(s) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Port::parse(s) {
+        Ok(p) => {
+            assert!(p.get() >= 1);
+            assert_eq!(p.to_string(), s);
+            call_for("qubes.ConnectTCP", s);
+        }
+        Err(e) => one_line(&e),
+    }
+    match LoopbackAddr::parse(s) {
+        Ok(a) => {
+            assert!(a.get().is_loopback());
+            assert_eq!(a.to_string(), s);
+            call_for("qubes.ConnectNFS", s);
+        }
+        Err(e) => one_line(&e),
+    }
+    match TcpBind::parse(s) {
+        Ok(b) => {
+            assert!(b.bind.get().is_loopback());
+            assert_eq!(b.to_string(), s);
+            call_for("qubes.ConnectTCPBind", s);
+        }
+        Err(e) => one_line(&e),
+    }
+    match SocketName::parse(s) {
+        Ok(n) => {
+            assert_eq!(n.as_str(), s);
+            assert!(!s.starts_with('.') && !s.contains('/'));
+            call_for("qubes.ConnectUnix", s);
+        }
+        Err(e) => one_line(&e),
+    }
+});
