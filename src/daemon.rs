@@ -155,6 +155,8 @@ struct Context {
     idle_since: Instant,
     status_due: Option<Instant>,
     status_sent: Instant,
+    /// SIGPIPE is logged once (see on_signals).
+    sigpipe_logged: bool,
 }
 
 /// Serves the listeners until a signal or idleness ends the daemon.
@@ -192,6 +194,7 @@ pub fn run(
         idle_since: now,
         status_due: None,
         status_sent: now - STATUS_INTERVAL,
+        sigpipe_logged: false,
     };
     for listener in &cx.listeners {
         sys_nonblocking(&listener.fd)?;
@@ -578,7 +581,13 @@ impl Context {
         loop {
             match self.signals.read() {
                 Ok(Some(sig @ (libc::SIGTERM | libc::SIGINT))) => self.start_draining(sig),
-                Ok(Some(sig)) => info!("received {}, ignoring", signal_name(sig)),
+                // Logging to a broken stderr raises SIGPIPE again: logging
+                // every one would chase our own signal forever.
+                Ok(Some(libc::SIGPIPE)) if self.sigpipe_logged => {}
+                Ok(Some(sig)) => {
+                    self.sigpipe_logged |= sig == libc::SIGPIPE;
+                    info!("received {}, ignoring", signal_name(sig));
+                }
                 Ok(None) => return,
                 Err(e) => {
                     error!("cannot read signals: {e}");

@@ -15,6 +15,11 @@ use qrexec_connect::activation::{self, MAX_FDS};
 use qrexec_connect::argument::{LoopbackAddr, MAX_SOCKET_NAME, Port, SocketName, TcpBind};
 use qrexec_connect::call::{Call, FdName, MAX_FIELD, MAX_QUBE_NAME, Target};
 
+/// 127.255.255.255: whether a bind to it is refused is the service side's
+/// choice (Linux would connect from 127.0.0.1 instead), so the properties
+/// leave it out.
+const BROADCAST: [u8; 4] = [127, 255, 255, 255];
+
 /// Cases per property: a few thousand, still well under a second each.
 const CASES: u32 = 4096;
 
@@ -282,7 +287,9 @@ proptest! {
     }
 
     #[test]
-    fn loopback_addr_is_exactly_127_slash_8(octets in any::<[u8; 4]>()) {
+    fn loopback_addr_is_exactly_127_slash_8(
+        octets in any::<[u8; 4]>().prop_filter("not the broadcast address", |o| *o != BROADCAST),
+    ) {
         let addr = Ipv4Addr::from(octets);
         let parsed = LoopbackAddr::parse(&addr.to_string());
         // 127.255.255.255 is the broadcast address, not a host to bind to.
@@ -302,7 +309,10 @@ proptest! {
     }
 
     #[test]
-    fn tcp_bind_round_trips(port in 1u16.., host in any::<[u8; 3]>()) {
+    fn tcp_bind_round_trips(
+        port in 1u16..,
+        host in any::<[u8; 3]>().prop_filter("not the broadcast address", |h| *h != [255; 3]),
+    ) {
         let s = format!("{port}-127.{}.{}.{}", host[0], host[1], host[2]);
         let b = TcpBind::parse(&s).unwrap();
         prop_assert_eq!(b.port.get(), port);

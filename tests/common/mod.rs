@@ -7,6 +7,8 @@
 //! process group) by pid when the fixture is dropped.
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod user_manager;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
