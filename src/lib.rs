@@ -15,6 +15,7 @@ pub mod error;
 pub mod logging;
 pub mod notify;
 pub mod qrexec;
+pub mod relay;
 pub mod sys;
 
 use std::path::Path;

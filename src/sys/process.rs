@@ -131,6 +131,12 @@ impl SignalPipe {
     }
 }
 
+/// `getuid(2)`: the real user id of this process.
+pub fn uid() -> u32 {
+    // SAFETY: getuid takes no arguments and always succeeds.
+    unsafe { libc::getuid() }
+}
+
 /// The conventional name of a signal, for logs.
 pub fn signal_name(signal: i32) -> &'static str {
     match signal {
