@@ -397,9 +397,12 @@ fn drain_timeout_ends_calls_with_sigterm() {
         !text.contains("killing them"),
         "SIGTERM was enough:\n{text}"
     );
-    assert_eq!(
-        world.finished_calls(1)[0].status().as_deref(),
-        Some("signal 15")
+    // The stand-in ends by the signal, or, when its service ended by the
+    // forwarded SIGTERM first, with the service's status 128 + 15.
+    let status = world.finished_calls(1)[0].status();
+    assert!(
+        matches!(status.as_deref(), Some("signal 15" | "exit 143")),
+        "the call ended by SIGTERM, not {status:?}"
     );
 }
 
