@@ -277,8 +277,10 @@ fn drain_timeout_ends_what_is_left() {
         group_members(daemon.pid).is_empty()
     });
     let statuses = finished_statuses(&world, 5);
+    // The stand-in ends by the signal, or, when its service ended by the
+    // forwarded SIGTERM first, with the service's status 128 + 15.
     assert!(
-        statuses.iter().all(|s| s == "signal 15"),
+        statuses.iter().all(|s| s == "signal 15" || s == "exit 143"),
         "the calls end by SIGTERM: {statuses:?}"
     );
     for mut c in conns {
