@@ -276,11 +276,11 @@ fn drain_timeout_ends_what_is_left() {
     wait_until("every process of the daemon's group to end", || {
         group_members(daemon.pid).is_empty()
     });
-    let statuses = finished_statuses(&world, 5);
-    assert!(
-        statuses.iter().all(|s| s == "signal 15"),
-        "the calls end by SIGTERM: {statuses:?}"
-    );
+    // Each call was ended: qrexec-client-vm killed by that SIGTERM (or by
+    // SIGKILL 2 s later on a very slow machine), or exiting 143 for its
+    // service killed by it, as the daemon logs. (The stand-in's own record
+    // of it can lose the race with its exit.)
+    assert_eq!(text.matches(" killed by SIG").count(), 5, "{text}");
     for mut c in conns {
         let mut rest = Vec::new();
         let _ = c.read_to_end(&mut rest);
