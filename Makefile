@@ -1,7 +1,39 @@
 # qrexec-connect: build, test, install.
+#
+#   make && sudo make install               client and service side, /usr/local
+#   sudo make install-client PREFIX=/usr    a template's client side only
+#   make install DESTDIR=/tmp/stage         staged, for packaging
+#
+# PREFIX=/usr/local (the default) is what persists in an app qube; PREFIX=/usr
+# belongs in a template. The qrexec services go where qrexec-agent looks:
+# /usr/local/etc/qubes-rpc (also persistent in app qubes) under /usr/local,
+# /etc/qubes-rpc under /usr, $(PREFIX)/etc/qubes-rpc otherwise.
 CARGO ?= cargo
+INSTALL ?= install
 
-.PHONY: all test demo
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+USERUNITDIR ?= $(PREFIX)/lib/systemd/user
+ifeq ($(PREFIX),/usr)
+QREXECDIR ?= /etc/qubes-rpc
+else
+QREXECDIR ?= $(PREFIX)/etc/qubes-rpc
+endif
+
+# What `make` builds; install never builds, so that `sudo make install` does
+# not run cargo as root.
+BINARY ?= target/x86_64-unknown-linux-gnu/release/qrexec-connect
+
+# The names the binary is installed under: links/bin/ beside it in BINDIR,
+# links/qubes-rpc/ in QREXECDIR (qrexec-agent starts a service by its file
+# name, so each is a symlink to $(BINDIR)/qrexec-connect).
+CLIENT_LINKS := $(notdir $(wildcard links/bin/*))
+SERVICE_LINKS := $(notdir $(wildcard links/qubes-rpc/*))
+# User units and drop-ins, relative to units/.
+UNITS := $(patsubst units/%,%,$(wildcard units/*.socket units/*.service units/*.d/*.conf))
+DROPIN_DIRS := $(patsubst units/%,%,$(wildcard units/*.d))
+
+.PHONY: all test demo bench install install-client install-service install-binary uninstall
 all:
 	$(CARGO) build --release
 
@@ -9,6 +41,47 @@ all:
 test:
 	$(CARGO) test --workspace
 
+install: install-client install-service
+
+install-binary:
+	@test -x $(BINARY) || { echo "$(BINARY) is missing: run make first" >&2; exit 1; }
+	$(INSTALL) -d $(DESTDIR)$(BINDIR)
+	$(INSTALL) -m 0755 $(BINARY) $(DESTDIR)$(BINDIR)/qrexec-connect
+
+install-client: install-binary
+	for name in $(CLIENT_LINKS); do \
+		ln -sfn qrexec-connect $(DESTDIR)$(BINDIR)/$$name || exit 1; \
+	done
+	for dir in . $(DROPIN_DIRS); do \
+		$(INSTALL) -d $(DESTDIR)$(USERUNITDIR)/$$dir || exit 1; \
+	done
+	for unit in $(UNITS); do \
+		sed 's|@BINDIR@|$(BINDIR)|g' units/$$unit > $(DESTDIR)$(USERUNITDIR)/$$unit.tmp && \
+		chmod 0644 $(DESTDIR)$(USERUNITDIR)/$$unit.tmp && \
+		mv -f $(DESTDIR)$(USERUNITDIR)/$$unit.tmp $(DESTDIR)$(USERUNITDIR)/$$unit || exit 1; \
+	done
+
+install-service: install-binary
+	$(INSTALL) -d $(DESTDIR)$(QREXECDIR)
+	for name in $(SERVICE_LINKS); do \
+		ln -sfn $(BINDIR)/qrexec-connect $(DESTDIR)$(QREXECDIR)/$$name || exit 1; \
+	done
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/qrexec-connect
+	for name in $(CLIENT_LINKS); do rm -f $(DESTDIR)$(BINDIR)/$$name; done
+	for name in $(SERVICE_LINKS); do rm -f $(DESTDIR)$(QREXECDIR)/$$name; done
+	for unit in $(UNITS); do rm -f $(DESTDIR)$(USERUNITDIR)/$$unit; done
+	for dir in $(DROPIN_DIRS); do \
+		if [ -d $(DESTDIR)$(USERUNITDIR)/$$dir ]; then \
+			rmdir --ignore-fail-on-non-empty $(DESTDIR)$(USERUNITDIR)/$$dir; \
+		fi; \
+	done
+
 # Forward a local port through qrexec-connect-tcp with the qrexec stand-in.
 demo:
 	bash tests/demo
+
+# The benchmark against socat, Accept=yes and the floors (bench/README.md).
+bench:
+	bench/run

@@ -66,6 +66,13 @@ impl LoopbackAddr {
                 "bind address '{s}' is outside 127.0.0.0/8: the bind side stays on the loopback interface"
             ));
         }
+        // Linux accepts a bind to the broadcast address but connects from
+        // 127.0.0.1 instead: the server would see the wrong client.
+        if addr == Ipv4Addr::new(127, 255, 255, 255) {
+            return Err(format!(
+                "bind address '{s}' is the broadcast address of 127.0.0.0/8, not a host"
+            ));
+        }
         Ok(LoopbackAddr(addr))
     }
 
@@ -186,6 +193,7 @@ mod tests {
             "127.0.1.1"
         );
         assert!(LoopbackAddr::parse("127.255.255.254").is_ok());
+        assert!(LoopbackAddr::parse("127.0.0.0").is_ok());
         for bad in [
             "",
             "10.0.0.1",
@@ -194,6 +202,12 @@ mod tests {
             "127.000.0.1",
             "127.0.0.1 ",
             "localhost",
+            "127.255.255.255",
+            "127.1",
+            "2130706689",
+            "0x7f.0.0.1",
+            "127.0.0.01",
+            "+127.0.0.1",
         ] {
             assert!(LoopbackAddr::parse(bad).is_err(), "{bad:?} accepted");
         }

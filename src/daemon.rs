@@ -1,15 +1,15 @@
 //! The client-side event loop: accept on every passed socket, hand each
 //! connection to its own qrexec-client-vm, log how it ended.
 //!
-//! One `mio::Poll` in one thread watches the listeners, each child's pidfd
-//! (`pidfd_open(2)`: readable when it exits, so it is reaped without a
-//! blocking `waitpid`), each child's stderr pipe, and a self-pipe for
-//! SIGTERM/SIGINT/SIGHUP/SIGPIPE. The daemon relays no data: the accepted
+//! One `mio::Poll` in one thread watches the listeners, each child's stderr
+//! pipe, and a self-pipe for SIGCHLD (children are reaped with a
+//! non-blocking `waitpid` loop) and SIGTERM/SIGINT/SIGHUP/SIGPIPE. One fd per
+//! open connection: every spawn copies the fd table, so it is kept small. The daemon relays no data: the accepted
 //! socket is the child's stdin and stdout, and the daemon's copy is closed as
 //! soon as the child runs, so its memory does not grow with traffic.
 
 use std::io;
-use std::net::{SocketAddr, SocketAddrV6};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -24,8 +24,8 @@ use crate::qrexec::{Client, Outcome};
 use crate::sys::process::{self, Exit, SignalPipe, signal_name};
 use crate::sys::socket::{self, SockAddr};
 
-/// Listener `i` has token `i`; connection slot `k` has `FIRST_CONNECTION + 2k`
-/// for its pidfd and the next token for its stderr.
+/// Listener `i` has token `i`; connection slot `k` has `FIRST_CONNECTION + k`
+/// for its stderr.
 const SIGNALS: Token = Token(usize::MAX - 1);
 const FIRST_CONNECTION: usize = 1 << 20;
 /// How long accepting pauses after EMFILE, ENFILE, ENOBUFS or ENOMEM.
@@ -51,10 +51,34 @@ pub struct Listener {
     pub call: Call,
 }
 
-/// Who connected, kept small: 1,000 open connections must cost little memory.
+impl Listener {
+    fn route(&self) -> Route<'_> {
+        Route {
+            target: &self.target,
+            call: &self.call,
+        }
+    }
+}
+
+/// Where a connection goes, for its log lines.
+#[derive(Clone, Copy)]
+struct Route<'a> {
+    target: &'a Target,
+    call: &'a Call,
+}
+
+/// Who connected, kept small (20 bytes): 1,000 open connections must cost
+/// little memory.
 #[derive(Clone, Copy)]
 enum Peer {
-    Inet(SocketAddr),
+    V4 {
+        ip: [u8; 4],
+        port: u16,
+    },
+    V6 {
+        ip: [u8; 16],
+        port: u16,
+    },
     /// A Unix socket client, by its process (`SO_PEERCRED`).
     Process {
         pid: i32,
@@ -70,10 +94,14 @@ enum Peer {
 impl Peer {
     fn of(fd: &OwnedFd, addr: SockAddr) -> Self {
         match addr {
-            SockAddr::Inet(SocketAddr::V6(a)) => {
-                Peer::Inet(SocketAddrV6::new(*a.ip(), a.port(), 0, a.scope_id()).into())
-            }
-            SockAddr::Inet(a) => Peer::Inet(a),
+            SockAddr::Inet(SocketAddr::V4(a)) => Peer::V4 {
+                ip: a.ip().octets(),
+                port: a.port(),
+            },
+            SockAddr::Inet(SocketAddr::V6(a)) => Peer::V6 {
+                ip: a.ip().octets(),
+                port: a.port(),
+            },
             SockAddr::Vsock { cid, port } => Peer::Vsock { cid, port },
             SockAddr::UnixPath(_) | SockAddr::UnixAbstract(_) | SockAddr::UnixUnnamed => {
                 match socket::peer_cred(fd.as_fd()) {
@@ -91,8 +119,9 @@ impl Peer {
 
 impl std::fmt::Display for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Peer::Inet(a) => a.fmt(f),
+        match *self {
+            Peer::V4 { ip, port } => SocketAddrV4::new(Ipv4Addr::from(ip), port).fmt(f),
+            Peer::V6 { ip, port } => SocketAddrV6::new(Ipv6Addr::from(ip), port, 0, 0).fmt(f),
             Peer::Process { pid, uid } => write!(f, "pid {pid} uid {uid}"),
             Peer::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
             Peer::Unknown => f.write_str("unknown peer"),
@@ -103,9 +132,11 @@ impl std::fmt::Display for Peer {
 /// One connection: the qrexec-client-vm that serves it.
 struct Connection {
     pid: u32,
-    pidfd: OwnedFd,
     /// Closed at EOF; the child may live on without it.
     stderr: Option<OwnedFd>,
+    /// The start of a stderr line whose end has not arrived yet (rare).
+    #[allow(clippy::box_collection, reason = "8 bytes in every slot, not 24")]
+    partial: Option<Box<Vec<u8>>>,
     listener: u32,
     peer: Peer,
     started: Instant,
@@ -165,8 +196,14 @@ pub fn run(
     notifier: Notifier,
 ) -> Result<()> {
     let poll = Poll::new().context(|| "create the event loop".into())?;
-    let signals = SignalPipe::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE])
-        .context(|| "set up signal handling".into())?;
+    let signals = SignalPipe::new(&[
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGPIPE,
+    ])
+    .context(|| "set up signal handling".into())?;
     poll.registry()
         .register(
             &mut SourceFd(&signals.as_fd().as_raw_fd()),
@@ -224,14 +261,7 @@ impl Context {
                 match event.token() {
                     SIGNALS => self.on_signals(),
                     Token(i) if i < FIRST_CONNECTION => self.accept_all(i),
-                    Token(t) => {
-                        let slot = (t - FIRST_CONNECTION) / 2;
-                        if (t - FIRST_CONNECTION) % 2 == 0 {
-                            self.on_child_exit(slot);
-                        } else {
-                            self.on_stderr(slot);
-                        }
-                    }
+                    Token(t) => self.on_stderr(t - FIRST_CONNECTION),
                 }
             }
             if self.on_timers()? {
@@ -399,11 +429,8 @@ impl Context {
     fn start(&mut self, index: usize, fd: OwnedFd, addr: SockAddr) {
         let peer = Peer::of(&fd, addr);
         let listener = &self.listeners[index];
-        let spawned = self
-            .client
-            .spawn(fd, &listener.target, &listener.call)
-            .and_then(|s| Ok((process::pidfd_open(s.pid)?, s)));
-        let (pidfd, spawned) = match spawned {
+        let spawned = self.client.spawn(fd, &listener.target, &listener.call);
+        let spawned = match spawned {
             Ok(ok) => ok,
             Err(e) => {
                 error!(
@@ -435,40 +462,25 @@ impl Context {
                 self.slots.len() - 1
             }
         };
-        let registry = self.poll.registry();
-        let token = FIRST_CONNECTION + 2 * slot;
-        let registered = crate::sys::set_nonblocking(spawned.stderr.as_fd(), true)
-            .and_then(|()| {
-                registry.register(
-                    &mut SourceFd(&pidfd.as_raw_fd()),
-                    Token(token),
-                    Interest::READABLE,
-                )
-            })
-            .and_then(|()| {
-                registry.register(
-                    &mut SourceFd(&spawned.stderr.as_raw_fd()),
-                    Token(token + 1),
-                    Interest::READABLE,
-                )
-            });
+        let registered = crate::sys::set_nonblocking(spawned.stderr.as_fd(), true).and_then(|()| {
+            self.poll.registry().register(
+                &mut SourceFd(&spawned.stderr.as_raw_fd()),
+                Token(FIRST_CONNECTION + slot),
+                Interest::READABLE,
+            )
+        });
+        // Without its stderr watched the connection still works; its child's
+        // lines are read when it ends.
         if let Err(e) = registered {
-            // The pidfd is what tells us the child ended; without it we can
-            // only end the child now.
-            error!(
-                "cannot watch qrexec-client-vm pid {}: {e}; ending it",
+            warn!(
+                "cannot watch the stderr of qrexec-client-vm pid {}: {e}, ignoring",
                 spawned.pid
             );
-            let _ = process::kill(spawned.pid, libc::SIGKILL);
-            let _ = process::wait(spawned.pid);
-            self.free.push(slot as u32);
-            self.counters.failed += 1;
-            return;
         }
         self.slots[slot] = Some(Connection {
             pid: spawned.pid,
-            pidfd,
             stderr: Some(spawned.stderr),
+            partial: None,
             listener: index as u32,
             peer,
             started: Instant::now(),
@@ -489,60 +501,52 @@ impl Context {
         let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let listener = &self.listeners[conn.listener as usize];
-        if drain_stderr(conn.stderr.as_ref(), conn.peer, listener) {
+        let route = self.listeners[conn.listener as usize].route();
+        if drain_stderr(conn.stderr.as_ref(), &mut conn.partial, conn.peer, route) {
             // EOF: closing the fd also removes it from the poll.
             conn.stderr = None;
         }
     }
 
-    fn on_child_exit(&mut self, slot: usize) {
-        let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
-            return;
-        };
-        let exit = match process::try_wait(conn.pid) {
-            Ok(Some(exit)) => exit,
-            Ok(None) => return,
-            Err(e) => {
-                error!("cannot reap qrexec-client-vm pid {}: {e}", conn.pid);
-                Exit::Code(255)
+    /// Reaps every child that has ended (after SIGCHLD) and releases its connection.
+    fn reap(&mut self) {
+        loop {
+            let (pid, exit) = match process::try_wait_any() {
+                Ok(Some(ended)) => ended,
+                Ok(None) => return,
+                Err(e) => {
+                    error!("cannot reap children: {e}");
+                    return;
+                }
+            };
+            let found = self
+                .slots
+                .iter()
+                .position(|c| c.as_ref().is_some_and(|c| c.pid == pid));
+            match found {
+                Some(slot) => {
+                    let conn = self.slots[slot].take().expect("found above");
+                    self.release(conn, exit);
+                    self.free.push(slot as u32);
+                }
+                None => debug!("reaped pid {pid}, not a connection's"),
             }
-        };
-        let conn = self.slots[slot].take().expect("checked above");
-        self.release(conn, exit);
-        self.free.push(slot as u32);
+        }
     }
 
     /// The one place a connection ends: last stderr lines, the log line,
     /// counters, and accepting again if the limit had stopped it.
-    fn release(&mut self, conn: Connection, exit: Exit) {
-        let listener = &self.listeners[conn.listener as usize];
-        drain_stderr(conn.stderr.as_ref(), conn.peer, listener);
+    fn release(&mut self, mut conn: Connection, exit: Exit) {
+        let route = self.listeners[conn.listener as usize].route();
+        drain_stderr(conn.stderr.as_ref(), &mut conn.partial, conn.peer, route);
+        if let Some(rest) = conn.partial.take() {
+            log_stderr_line(&rest, conn.peer, route);
+        }
         let outcome = Outcome {
             exit,
-            target: &listener.target,
+            target: route.target,
         };
-        let elapsed = conn.started.elapsed();
-        let level = if outcome.is_success() {
-            log::Level::Info
-        } else {
-            log::Level::Warn
-        };
-        log::log!(
-            target: "connection",
-            level,
-            QREXEC_TARGET = listener.target.as_str(),
-            QREXEC_CALL = listener.call.as_str(),
-            QREXEC_PEER:% = conn.peer,
-            QREXEC_STATUS = outcome.code();
-            "{} -> {} {}: {} after {}.{:03}s",
-            conn.peer,
-            listener.target,
-            listener.call,
-            outcome,
-            elapsed.as_secs(),
-            elapsed.subsec_millis()
-        );
+        log_end(&outcome, conn.peer, route, conn.started);
         if outcome.is_success() {
             self.counters.served += 1;
         } else if outcome.is_refusal() {
@@ -555,15 +559,7 @@ impl Context {
             self.idle_since = Instant::now();
         }
         self.status_changed();
-        // The stderr pipe (if still open) leaves the poll when it is closed;
-        // the pidfd is deregistered explicitly before it is.
-        if let Err(e) = self
-            .poll
-            .registry()
-            .deregister(&mut SourceFd(&conn.pidfd.as_raw_fd()))
-        {
-            debug!("cannot stop watching pid {}: {e}", conn.pid);
-        }
+        // The stderr pipe, if still open, leaves the poll when `conn` drops.
         if matches!(self.phase, Phase::Serving)
             && self.backoff_until.is_none()
             && self.active < self.options.max_connections
@@ -576,6 +572,7 @@ impl Context {
     fn on_signals(&mut self) {
         loop {
             match self.signals.read() {
+                Ok(Some(libc::SIGCHLD)) => self.reap(),
                 Ok(Some(sig @ (libc::SIGTERM | libc::SIGINT))) => self.start_draining(sig),
                 // Logging to a broken stderr raises SIGPIPE again: logging
                 // every one would chase our own signal forever.
@@ -631,26 +628,51 @@ impl Context {
     }
 }
 
+/// The longest stderr line kept whole; a longer one is logged in pieces.
+const MAX_STDERR_LINE: usize = 4096;
+
 /// Reads what is available on a child's stderr and logs it line by line.
-/// Returns true at EOF (or when there is no stderr left).
-fn drain_stderr(fd: Option<&OwnedFd>, peer: Peer, route: &Listener) -> bool {
+/// A line may arrive in several reads: its start waits in `partial`, logged
+/// at EOF if no newline ends it. Returns true at EOF (or when there is no
+/// stderr left).
+#[allow(clippy::box_collection, reason = "the slot's type")]
+fn drain_stderr(
+    fd: Option<&OwnedFd>,
+    partial: &mut Option<Box<Vec<u8>>>,
+    peer: Peer,
+    route: Route,
+) -> bool {
     let Some(fd) = fd else {
         return true;
     };
     let mut buf = [0u8; 4096];
     loop {
         match crate::sys::read(fd.as_fd(), &mut buf) {
-            Ok(0) => return true,
+            Ok(0) => {
+                if let Some(rest) = partial.take() {
+                    log_stderr_line(&rest, peer, route);
+                }
+                return true;
+            }
             Ok(n) => {
-                for line in buf[..n].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    warn!(
-                        target: "connection",
-                        QREXEC_TARGET = route.target.as_str(), QREXEC_CALL = route.call.as_str();
-                        "{peer} -> {} {}: {}",
-                        route.target,
-                        route.call,
-                        crate::logging::printable(String::from_utf8_lossy(line).trim_end())
-                    );
+                let mut rest = &buf[..n];
+                while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+                    match partial.take() {
+                        Some(mut start) => {
+                            start.extend_from_slice(&rest[..end]);
+                            log_stderr_line(&start, peer, route);
+                        }
+                        None => log_stderr_line(&rest[..end], peer, route),
+                    }
+                    rest = &rest[end + 1..];
+                }
+                if !rest.is_empty() {
+                    let start = partial.get_or_insert_with(Box::default);
+                    start.extend_from_slice(rest);
+                    if start.len() >= MAX_STDERR_LINE {
+                        log_stderr_line(start, peer, route);
+                        *partial = None;
+                    }
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
@@ -663,40 +685,83 @@ fn drain_stderr(fd: Option<&OwnedFd>, peer: Peer, route: &Listener) -> bool {
     }
 }
 
-/// Serves one already-accepted connection (a unit with `Accept=yes`) and
-/// returns qrexec-client-vm's exit status.
-pub fn serve_one(route: &Listener, client: &Client) -> Result<u8> {
-    let fd = route
-        .fd
-        .try_clone()
-        .context(|| "duplicate the connection".into())?;
-    let addr = socket::peer_addr(fd.as_fd()).unwrap_or(SockAddr::UnixUnnamed);
-    let peer = Peer::of(&fd, addr);
-    crate::sys::set_nonblocking(fd.as_fd(), false)
-        .context(|| "make the connection blocking".into())?;
-    let spawned = client
-        .spawn(fd, &route.target, &route.call)
-        .context(|| format!("run {}", client.path.display()))?;
-    // Blocking reads: there is nothing else to wait for.
-    drain_stderr(Some(&spawned.stderr), peer, route);
-    let exit = process::wait(spawned.pid).context(|| "wait for qrexec-client-vm".into())?;
-    let outcome = Outcome {
-        exit,
-        target: &route.target,
-    };
+/// Logs one line a child wrote to stderr, with its connection.
+fn log_stderr_line(line: &[u8], peer: Peer, route: Route) {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim_end();
+    if line.is_empty() {
+        return;
+    }
+    warn!(
+        target: "connection",
+        QREXEC_TARGET = route.target.as_str(), QREXEC_CALL = route.call.as_str();
+        "{peer} -> {} {}: {}",
+        route.target,
+        route.call,
+        crate::logging::printable(line)
+    );
+}
+
+/// Logs how a connection ended: the one line each connection leaves.
+fn log_end(outcome: &Outcome, peer: Peer, route: Route, started: Instant) {
+    let elapsed = started.elapsed();
     let level = if outcome.is_success() {
         log::Level::Info
     } else {
         log::Level::Warn
     };
     log::log!(
+        target: "connection",
         level,
-        "{peer} -> {} {}: {outcome}",
+        QREXEC_TARGET = route.target.as_str(),
+        QREXEC_CALL = route.call.as_str(),
+        QREXEC_SERVICE = route.call.service(),
+        QREXEC_ARGUMENT = route.call.argument().unwrap_or(""),
+        QREXEC_PEER:% = peer,
+        QREXEC_STATUS = outcome.code();
+        "{peer} -> {} {}: {outcome} after {}.{:03}s",
         route.target,
-        route.call
+        route.call,
+        elapsed.as_secs(),
+        elapsed.subsec_millis()
     );
+}
+
+/// Serves one already-accepted connection (a unit with `Accept=yes`) and
+/// returns qrexec-client-vm's exit status.
+pub fn serve_one(connection: Listener, client: &Client, notifier: &Notifier) -> Result<u8> {
+    let Listener {
+        fd, target, call, ..
+    } = connection;
+    let route = Route {
+        target: &target,
+        call: &call,
+    };
+    let started = Instant::now();
+    let addr = socket::peer_addr(fd.as_fd()).unwrap_or(SockAddr::UnixUnnamed);
+    let peer = Peer::of(&fd, addr);
+    crate::sys::set_nonblocking(fd.as_fd(), false)
+        .context(|| "make the connection blocking".into())?;
+    // Our copy of the connection goes with it: only the child holds it.
+    let spawned = client
+        .spawn(fd, &target, &call)
+        .context(|| format!("run {}", client.path.display()))?;
+    // A Type=notify service (such as ours) waits for this, Accept=yes or not.
+    if let Err(e) = notifier.send("READY=1") {
+        warn!("failed to notify the service manager (READY=1): {e}, ignoring");
+    }
+    // Blocking reads: there is nothing else to wait for.
+    let mut partial = None;
+    drain_stderr(Some(&spawned.stderr), &mut partial, peer, route);
+    let exit = process::wait(spawned.pid).context(|| "wait for qrexec-client-vm".into())?;
+    let outcome = Outcome {
+        exit,
+        target: &target,
+    };
+    log_end(&outcome, peer, route, started);
     Ok(outcome.code())
 }
 
 // The peer is stored per connection: keep it small.
-const _: () = assert!(std::mem::size_of::<Peer>() <= 32);
+const _: () = assert!(std::mem::size_of::<Peer>() <= 20);
+const _: () = assert!(std::mem::size_of::<Option<Connection>>() <= 64);

@@ -15,6 +15,7 @@ pub mod error;
 pub mod logging;
 pub mod notify;
 pub mod qrexec;
+pub mod relay;
 pub mod sys;
 
 use std::path::Path;
@@ -50,6 +51,13 @@ pub fn main() -> ExitCode {
             // Before the logger is installed this still reaches stderr.
             if log::max_level() == log::LevelFilter::Off {
                 eprintln!("{}: {e}", applet.name);
+            } else if systemd_journal_logger::connected_to_journal() {
+                // The last word goes by stderr, the journal stream systemd
+                // opened for the unit: journald attributes a native message
+                // to a unit by reading its sender's /proc/PID, gone once we
+                // exit, so `journalctl --user -u UNIT` would miss the reason.
+                // `<3>`: priority err (sd-daemon(3)).
+                eprintln!("<3>{e}");
             } else {
                 log::error!("{e}");
             }

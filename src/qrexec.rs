@@ -146,6 +146,10 @@ impl fmt::Display for Outcome<'_> {
             Exit::Code(1) => {
                 f.write_str("failed (status 1: qrexec is not running here, or the service failed)")
             }
+            Exit::Code(2) => write!(
+                f,
+                "failed (status 2: qrexec-client-vm refused its options, or the service in {target} failed)"
+            ),
             Exit::Code(125) => write!(
                 f,
                 "the service exists in {target} but could not be started (status 125)"

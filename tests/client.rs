@@ -4,7 +4,43 @@
 
 mod common;
 
-use common::{Activate, Listen, Program, World};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::symlink;
+use std::time::Duration;
+
+use common::{Activate, Conn, Daemon, Listen, Program, World, standin, wait_until};
+
+fn tcp_applet() -> Program {
+    Program::Applet("qrexec-connect-tcp".into())
+}
+
+/// A world with the qube `work`, whose qubes.ConnectTCP echoes, allowed.
+fn echo_world() -> World {
+    let world = World::new();
+    world.qube("work").service("qubes.ConnectTCP", "exec cat");
+    world.policy("qubes.ConnectTCP * client work allow\n");
+    world
+}
+
+/// `qrexec-connect-tcp 1234` with one TCP listener named `work`.
+fn echo_daemon(world: &World, args: &[&str]) -> Daemon {
+    Activate::new(world, tcp_applet())
+        .listen(Listen::Tcp4, "work")
+        .args(["1234"].iter().chain(args))
+        .start()
+}
+
+/// Reads one byte, or None when nothing arrives within `wait`.
+fn read_within(conn: &mut Conn, wait: Duration) -> Option<usize> {
+    conn.set_read_timeout(Some(wait)).unwrap();
+    let result = match conn.read(&mut [0u8; 1]) {
+        Ok(n) => Some(n),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
+        Err(e) => panic!("read: {e}"),
+    };
+    conn.set_read_timeout(Some(common::DEADLINE)).unwrap();
+    result
+}
 
 /// Each qube's `qubes.ConnectTCP`/`qubes.ConnectUnix` says where it runs and
 /// what it was called with, then echoes.
@@ -118,7 +154,442 @@ fn several_listeners_each_to_its_own_target() {
             "signals ignored in the call to {target} that this test does not ignore"
         );
     }
-    let notes = daemon.notifications();
-    assert!(notes.iter().any(|n| n == "READY=1"), "{notes:?}");
+    let mut notes = daemon.notifications();
+    assert_eq!(notes.first().map(String::as_str), Some("READY=1"));
+    // STATUS= follows the counts, at most once a second.
+    wait_until("STATUS= with 4 served", || {
+        notes.extend(daemon.notifications());
+        notes
+            .iter()
+            .any(|n| n == "STATUS=0 active, 4 served, 0 refused, 0 failed")
+    });
     assert!(daemon.is_running());
+}
+
+/// Seed 000's second address of one instance: a second socket unit with
+/// `Service=` the same service gives the daemon two fds, each with its own
+/// name. Each must reach its own target, whatever the order of connections.
+#[test]
+fn two_sockets_of_one_instance_two_targets() {
+    let world = World::new();
+    for qube in ["work", "personal"] {
+        identifying_qube(&world, qube);
+    }
+    world.policy("qubes.ConnectTCP +1234 client @anyvm allow\n");
+    let daemon = Activate::new(&world, Program::Multicall("tcp".into()))
+        .listen(Listen::Tcp4, "work")
+        .listen(Listen::Tcp4, "personal")
+        .args(["1234", "--", "--buffer-size=65536"])
+        .start();
+    for (i, qube) in [1, 0, 0, 1, 1, 0]
+        .into_iter()
+        .map(|i| (i, ["work", "personal"][i]))
+    {
+        let reply = daemon.connect(i).exchange(b"x");
+        let want = format!("{qube} qubes.ConnectTCP+1234 arg=1234 from=client\nx");
+        assert_eq!(String::from_utf8(reply).unwrap(), want);
+    }
+    let calls = world.finished_calls(6);
+    for qube in ["work", "personal"] {
+        let to_qube: Vec<_> = calls
+            .iter()
+            .filter(|r| r.target_raw().as_deref() == Some(qube))
+            .collect();
+        assert_eq!(to_qube.len(), 3, "calls to {qube}");
+        for r in to_qube {
+            assert_eq!(
+                r.args(),
+                [
+                    "--buffer-size=65536",
+                    "--use-stdin-socket",
+                    "--",
+                    qube,
+                    "qubes.ConnectTCP+1234"
+                ],
+                "options after our `--` go before qrexec-client-vm's"
+            );
+            assert_eq!(r.info("buffer_size").as_deref(), Some("65536"));
+        }
+    }
+}
+
+#[test]
+fn unnamed_sockets_call_default() {
+    let world = World::new();
+    identifying_qube(&world, "personal");
+    world.policy("qubes.ConnectUnix +ssh-agent client @default allow target=personal\n");
+    let daemon = Activate::new(&world, Program::Applet("qrexec-connect-unix".into()))
+        .listen(Listen::Unix, "")
+        .listen(Listen::Abstract, "")
+        .args(["ssh-agent"])
+        .start();
+    for i in 0..2 {
+        let reply = daemon.connect(i).exchange(b"");
+        assert_eq!(
+            String::from_utf8(reply).unwrap(),
+            "personal qubes.ConnectUnix+ssh-agent arg=ssh-agent from=client\n"
+        );
+    }
+    let text = daemon.wait_stderr_count("exit", 0);
+    assert_eq!(
+        text.matches("without a FileDescriptorName").count(),
+        1,
+        "logged once:\n{text}"
+    );
+    for r in world.finished_calls(2) {
+        assert_eq!(r.target_raw().as_deref(), Some("@default"));
+    }
+}
+
+#[test]
+fn plain_applet_with_service_option() {
+    let world = World::new();
+    identifying_qube(&world, "work");
+    world.policy("qubes.ConnectTCP +80 client work allow\n");
+    let daemon = Activate::new(&world, Program::Plain)
+        .listen(Listen::Tcp6, "work")
+        .args(["--service", "qubes.ConnectTCP", "--argument", "80"])
+        .start();
+    let reply = daemon.connect(0).exchange(b"");
+    assert_eq!(
+        String::from_utf8(reply).unwrap(),
+        "work qubes.ConnectTCP+80 arg=80 from=client\n"
+    );
+}
+
+#[test]
+fn policy_refusal() {
+    let world = echo_world();
+    world.policy("qubes.ConnectTCP * client work deny\n");
+    let mut daemon = echo_daemon(&world, &[]);
+    assert_eq!(daemon.connect(0).exchange_or_reset(b"hello"), b"");
+    let text = daemon.wait_stderr("refused by policy");
+    assert!(text.contains("Request refused"), "{text}");
+    assert!(text.contains("(status 126)"), "{text}");
+    assert_eq!(
+        world.finished_calls(1)[0].status().as_deref(),
+        Some("exit 126")
+    );
+    assert!(daemon.is_running());
+}
+
+#[test]
+fn missing_service() {
+    let world = echo_world();
+    world.policy("* * client work allow\n");
+    let mut daemon = Activate::new(&world, Program::Applet("qrexec-connect-unix".into()))
+        .listen(Listen::Unix, "work")
+        .args(["gpg-agent"])
+        .start();
+    assert_eq!(daemon.connect(0).exchange_or_reset(b"hello"), b"");
+    let text = daemon.wait_stderr("no such service in work (status 127)");
+    assert!(text.contains("qubes.ConnectUnix+gpg-agent"), "{text}");
+    assert!(daemon.is_running());
+}
+
+#[test]
+fn missing_qrexec_client_vm_then_installed() {
+    let world = echo_world();
+    let path = world.root().join("bin/qrexec-client-vm");
+    let mut daemon = Activate::new(&world, tcp_applet())
+        .listen(Listen::Tcp4, "work")
+        .args(["1234"])
+        .env("QREXEC_CLIENT_VM", &path)
+        .start();
+    assert_eq!(daemon.connect(0).exchange_or_reset(b"lost"), b"");
+    let text = daemon.wait_stderr("cannot run");
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(daemon.is_running(), "one failed spawn is not fatal");
+
+    symlink(standin(), &path).unwrap();
+    assert_eq!(daemon.connect(0).exchange(b"found"), b"found");
+    assert!(daemon.is_running());
+}
+
+#[test]
+fn client_hangs_up_mid_stream() {
+    let world = echo_world();
+    world.qube("work").service("qubes.ConnectTCP", "exec yes");
+    let mut daemon = echo_daemon(&world, &[]);
+    let mut conn = daemon.connect(0);
+    let mut first = vec![0u8; 1 << 20];
+    conn.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"y\ny\n"));
+    drop(conn);
+    // qrexec-client-vm's write fails, it closes the service's output, the
+    // service's next write fails (ECONNRESET when data was left unread:
+    // `yes` says so and exits 1; else SIGPIPE), and the connection is
+    // released like any other.
+    let call = &world.finished_calls(1)[0];
+    assert_ne!(call.status().as_deref(), Some("exit 0"));
+    let text = daemon.wait_stderr(" after ");
+    let line = "-> work qubes.ConnectTCP+1234: ";
+    assert!(
+        text.contains(&format!("{line}failed (status 1"))
+            || text.contains(&format!("{line}the service in work was killed by SIGPIPE")),
+        "{text}"
+    );
+    wait_until("no child left", || daemon.children().is_empty());
+    assert!(daemon.is_running());
+    let mut again = [0u8; 4];
+    daemon.connect(0).read_exact(&mut again).unwrap();
+    assert_eq!(&again, b"y\ny\n");
+}
+
+#[test]
+fn sigterm_drains_open_connections() {
+    let world = echo_world();
+    let mut daemon = Activate::new(&world, tcp_applet())
+        .listen(Listen::Tcp4, "work")
+        .args(["1234"])
+        .notify()
+        .start();
+    let mut open: Vec<Conn> = (0..3).map(|_| daemon.connect(0)).collect();
+    for (i, conn) in open.iter_mut().enumerate() {
+        conn.write_all(&[b'a' + i as u8; 1000]).unwrap();
+        let mut echoed = [0u8; 1000];
+        conn.read_exact(&mut echoed).unwrap();
+    }
+    wait_until("3 calls running", || world.concurrency().0 == 3);
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_stderr("received SIGTERM");
+    wait_until("STOPPING=1", || {
+        daemon.notifications().iter().any(|n| n == "STOPPING=1")
+    });
+    // Not accepted any more: it waits in the backlog, and is reset at exit.
+    let mut late = daemon.connect(0);
+    late.write_all(b"late").unwrap();
+    assert!(daemon.is_running(), "open connections keep it running");
+    for (i, conn) in open.iter_mut().enumerate() {
+        let tail = vec![b'A' + i as u8; 100_000];
+        let mut reply = Vec::new();
+        conn.write_all(&tail).unwrap();
+        conn.shutdown_write().unwrap();
+        conn.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, tail, "connection {i} finished intact");
+    }
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    let mut rest = Vec::new();
+    let _ = late.read_to_end(&mut rest);
+    assert_eq!(rest, b"", "nothing served after SIGTERM");
+    assert_eq!(world.calls().len(), 3);
+    assert!(
+        world
+            .calls()
+            .iter()
+            .all(|r| r.status().as_deref() == Some("exit 0")),
+        "every drained call ended by itself"
+    );
+}
+
+#[test]
+fn drain_timeout_ends_calls_with_sigterm() {
+    let world = echo_world();
+    let mut daemon = echo_daemon(&world, &["--drain-timeout", "1"]);
+    let mut conn = daemon.connect(0);
+    conn.write_all(b"x").unwrap();
+    conn.read_exact(&mut [0u8; 1]).unwrap();
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    let text = daemon.stderr();
+    assert!(text.contains("ending them (SIGTERM)"), "{text}");
+    assert!(
+        !text.contains("killing them"),
+        "SIGTERM was enough:\n{text}"
+    );
+    // The stand-in ends by the signal, or, when its service ended by the
+    // forwarded SIGTERM first, with the service's status 128 + 15.
+    let status = world.finished_calls(1)[0].status();
+    assert!(
+        matches!(status.as_deref(), Some("signal 15" | "exit 143")),
+        "the call ended by SIGTERM, not {status:?}"
+    );
+}
+
+#[test]
+fn exits_when_idle() {
+    let world = echo_world();
+    let mut daemon = echo_daemon(&world, &["--exit-idle-time", "1"]);
+    assert_eq!(daemon.connect(0).exchange(b"once"), b"once");
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    assert!(daemon.stderr().contains("no connection for 1s"));
+}
+
+#[test]
+fn max_connections_holds_the_rest_in_the_backlog() {
+    let world = echo_world();
+    let daemon = echo_daemon(&world, &["--max-connections", "3"]);
+    let mut conns: Vec<Conn> = (0..10).map(|_| daemon.connect(0)).collect();
+    for conn in &mut conns {
+        conn.write_all(b"x").unwrap();
+    }
+    wait_until("3 calls running", || world.concurrency().0 == 3);
+    // In accept order, each finished connection lets the next one in.
+    for (i, mut conn) in conns.into_iter().enumerate() {
+        let mut reply = [0u8; 1];
+        conn.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"x", "connection {i}");
+        assert_eq!(conn.exchange(b""), b"");
+    }
+    let (_, max, started) = world.concurrency();
+    assert_eq!((max, started), (3, 10), "{}", daemon.stderr());
+}
+
+/// Answers, ends its output, then keeps reading: a request/response
+/// protocol where the client waits for EOF before it closes.
+const ANSWER_THEN_READ: &str = "echo reply; exec >&-; cat > \"$HOME/rest\"";
+
+#[test]
+fn older_qrexec_without_stdin_socket() {
+    let world = World::new();
+    let work = world.qube("work");
+    work.service("qubes.ConnectTCP", ANSWER_THEN_READ);
+    world.policy("qubes.ConnectTCP * client work allow\n");
+    let daemon = Activate::new(&world, tcp_applet())
+        .listen(Listen::Tcp4, "work")
+        .args(["1234"])
+        .env("QREXEC_STANDIN_OLD", "1")
+        .start();
+    let mut conn = daemon.connect(0);
+    conn.write_all(b"request").unwrap();
+    let mut reply = [0u8; 6];
+    conn.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"reply\n");
+    // The older qrexec only closes its fd 1: no EOF while it runs.
+    assert_eq!(read_within(&mut conn, Duration::from_millis(300)), None);
+    conn.shutdown_write().unwrap();
+    assert_eq!(read_within(&mut conn, common::DEADLINE), Some(0));
+    let text = daemon.wait_stderr("does not support --use-stdin-socket");
+    assert_eq!(text.matches("does not support").count(), 1, "{text}");
+    let call = &world.finished_calls(1)[0];
+    assert_eq!(call.args(), ["--", "work", "qubes.ConnectTCP+1234"]);
+    assert_eq!(std::fs::read(work.dir().join("rest")).unwrap(), b"request");
+}
+
+#[test]
+fn current_qrexec_gives_eof_at_once() {
+    let world = World::new();
+    let work = world.qube("work");
+    work.service("qubes.ConnectTCP", ANSWER_THEN_READ);
+    world.policy("qubes.ConnectTCP * client work allow\n");
+    let daemon = echo_daemon(&world, &[]);
+    let mut conn = daemon.connect(0);
+    conn.write_all(b"request").unwrap();
+    let mut reply = Vec::new();
+    // EOF while our side is still open, and what we send after still arrives.
+    conn.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"reply\n");
+    conn.write_all(b" and more").unwrap();
+    conn.shutdown_write().unwrap();
+    let call = &world.finished_calls(1)[0];
+    assert_eq!(call.status().as_deref(), Some("exit 0"));
+    assert_eq!(
+        std::fs::read(work.dir().join("rest")).unwrap(),
+        b"request and more"
+    );
+    let probes = world
+        .records()
+        .into_iter()
+        .filter(|r| r.info("help").is_some())
+        .count();
+    assert_eq!(probes, 1, "-h asked once, at start-up");
+    assert!(!daemon.stderr().contains("does not support"));
+}
+
+#[test]
+fn stdin_socket_option_overrides_detection() {
+    // yes, against an older qrexec: every call fails, and says why.
+    let world = echo_world();
+    let mut daemon = Activate::new(&world, tcp_applet())
+        .listen(Listen::Tcp4, "work")
+        .args(["1234", "--stdin-socket", "yes"])
+        .env("QREXEC_STANDIN_OLD", "1")
+        .start();
+    assert_eq!(daemon.connect(0).exchange_or_reset(b"x"), b"");
+    let text = daemon.wait_stderr("failed (status 2: qrexec-client-vm refused its options");
+    assert!(
+        text.contains("unrecognized option '--use-stdin-socket'"),
+        "{text}"
+    );
+    assert!(daemon.is_running());
+    drop(daemon);
+
+    // no, against the current one: not asked, not passed.
+    let world = echo_world();
+    let daemon = echo_daemon(&world, &["--stdin-socket=no"]);
+    assert_eq!(daemon.connect(0).exchange(b"x"), b"x");
+    let records = world.records();
+    assert_eq!(records.len(), 1, "no -h probe");
+    assert_eq!(records[0].args(), ["--", "work", "qubes.ConnectTCP+1234"]);
+}
+
+#[test]
+fn accepted_connection_served_as_one() {
+    let world = echo_world();
+    world
+        .qube("work")
+        .service("qubes.ConnectTCP", "cat; exit 3");
+    let daemon = Activate::new(&world, tcp_applet())
+        .listen(Listen::Tcp4, "work")
+        .args(["1234"])
+        .accept()
+        .notify()
+        .start();
+    for round in 1..=2 {
+        assert_eq!(daemon.connect(0).exchange(b"accepted"), b"accepted");
+        // systemd-socket-activate reports its child's status.
+        let text = daemon.wait_stderr_count("died with code 3", round);
+        // The same end-of-connection line as the daemon's, duration included.
+        assert_eq!(
+            text.matches(
+                "-> work qubes.ConnectTCP+1234: the service in work failed (status 3) after "
+            )
+            .count(),
+            round,
+            "{text}"
+        );
+    }
+    // A Type=notify unit with Accept=yes must not wait for READY=1 in vain.
+    assert_eq!(daemon.notifications(), ["READY=1", "READY=1"]);
+    let calls = world.finished_calls(2);
+    assert!(
+        calls
+            .iter()
+            .all(|r| r.target_raw().as_deref() == Some("work"))
+    );
+    assert!(calls.iter().all(|r| r.fds() == [0, 1, 2]));
+}
+
+#[test]
+fn service_stderr_logged_by_whole_lines() {
+    let world = echo_world();
+    // One line in two writes, a moment apart: two reads for the daemon.
+    world.qube("work").service(
+        "qubes.ConnectTCP",
+        "printf 'first half, ' >&2; sleep 0.2; echo 'second half' >&2; echo 'next line' >&2",
+    );
+    let daemon = echo_daemon(&world, &[]);
+    assert_eq!(daemon.connect(0).exchange(b""), b"");
+    let text = daemon.wait_stderr(": done after ");
+    assert!(
+        text.contains("-> work qubes.ConnectTCP+1234: first half, second half\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-> work qubes.ConnectTCP+1234: next line\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sighup_is_ignored_sigint_drains() {
+    let world = echo_world();
+    let mut daemon = echo_daemon(&world, &[]);
+    assert_eq!(daemon.connect(0).exchange(b"x"), b"x");
+    daemon.signal(libc::SIGHUP);
+    daemon.wait_stderr("received SIGHUP, ignoring");
+    assert_eq!(daemon.connect(0).exchange(b"y"), b"y");
+    daemon.signal(libc::SIGINT);
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    assert!(daemon.stderr().contains("received SIGINT"));
 }

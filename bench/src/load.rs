@@ -81,6 +81,17 @@ pub fn expect_eof(s: &mut impl Read) -> io::Result<()> {
     }
 }
 
+/// An error of the load in words; a read or write past TIMEOUT says so
+/// (the OS reports it as EAGAIN).
+pub fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("no answer within {} s", TIMEOUT.as_secs())
+        }
+        _ => e.to_string(),
+    }
+}
+
 /// What a rate point measured.
 pub struct Rate {
     pub completed: u64,
@@ -119,7 +130,7 @@ pub fn rate(addr: SocketAddr, parallelism: usize, duration: Duration, max: u64) 
                             Ok(_) => mine.push(t.elapsed().as_secs_f64() * 1e3),
                             Err(e) => {
                                 errors.fetch_add(1, Ordering::Relaxed);
-                                first_error.lock().unwrap().get_or_insert(e.to_string());
+                                first_error.lock().unwrap().get_or_insert(describe(&e));
                             }
                         }
                     }

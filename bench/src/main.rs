@@ -221,7 +221,13 @@ fn run(a: Args) -> Result<(), String> {
         }
     };
     let (release, out) = (abs(&release), abs(&a.out));
-    let _ = std::fs::remove_dir_all(&out);
+    // Only what an earlier run made: --out may name a directory with other things in it.
+    for made in ["bin", "logs", "run", "plots"] {
+        let _ = std::fs::remove_dir_all(out.join(made));
+    }
+    for made in ["echo.sock", "notify.sock"] {
+        let _ = std::fs::remove_file(out.join(made));
+    }
     let bin = out.join("bin");
     for dir in [&out, &bin, &out.join("logs")] {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -330,7 +336,6 @@ fn run(a: Args) -> Result<(), String> {
             binary: &binary,
             load: (load_before, load_after),
             plots: &plots,
-            results_file: &abs(&a.results),
             do_client,
             do_service,
         },
@@ -349,7 +354,6 @@ pub struct Report<'a> {
     binary: &'a Path,
     load: (String, String),
     plots: &'a Path,
-    results_file: &'a Path,
     do_client: bool,
     do_service: bool,
 }
@@ -448,8 +452,20 @@ fn write_results(s: &Setup, r: &mut Results, rep: &Report<'_>) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     ));
-    let _ = rep.binary;
-    let _ = rep.results_file;
+    let load: f64 = rep
+        .load
+        .0
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if load > cores as f64 / 2.0 {
+        md.push_str(&format!(
+            "**The machine was busy when this run started (load average {load} on {cores} cores): \
+             the figures are noisy, and even ratios within the run are uncertain. Run again on an idle machine.**\n\n"
+        ));
+    }
     let goals = goals(s, r, rep);
     md.push_str(&goals);
     if rep.do_client {
@@ -457,6 +473,11 @@ fn write_results(s: &Setup, r: &mut Results, rep: &Report<'_>) -> String {
     }
     if rep.do_service {
         md.push_str(&service::report(s, r));
+    }
+    // Profiles are read, not measured: a hand-written section, kept across runs.
+    if let Ok(profile) = std::fs::read_to_string(s.root.join("bench/PROFILE.md")) {
+        md.push('\n');
+        md.push_str(&profile);
     }
     md.push_str(PREDECESSOR);
     md.push_str("\n## Commands\n\n`bin/` is `bench/out/bin/`, links named as each program is invoked to the release binaries (`qrexec-client-vm` is the echo stand-in); PORT and ECHOPORT are free ports picked at run time.\n\n");

@@ -61,6 +61,9 @@ pub fn num(x: f64) -> String {
     if x.is_nan() {
         return "–".into();
     }
+    if x == 0.0 {
+        return "0".into();
+    }
     if x.abs() >= 100.0 {
         let s = format!("{:.0}", x.abs());
         let mut out = String::new();
@@ -117,10 +120,11 @@ impl Table<'_> {
                 if v.len() > 1 {
                     let _ = write!(cell, " ({}–{})", num(lo), num(hi));
                 }
-                if let Some(floor) = (self.floor)(peer).filter(|f| *f != peer)
-                    && !r.get(fig, floor).is_empty()
-                {
-                    let _ = write!(cell, " ×{:.2}", r.ratio(fig, peer, floor));
+                if let Some(floor) = (self.floor)(peer).filter(|f| *f != peer) {
+                    let ratio = r.ratio(fig, peer, floor);
+                    if ratio.is_finite() {
+                        let _ = write!(cell, " ×{ratio:.2}");
+                    }
                 }
                 out.push_str(&cell);
                 out.push_str(" |");
@@ -164,7 +168,7 @@ pub fn plot(
         ));
     }
     let script = format!(
-        "set terminal pngcairo size 960,600 font ',11'\nset output '{}'\nset key outside right\nset grid\n{settings}\nplot {}\n",
+        "set terminal pngcairo size 960,600 font ',11'\nset output '{}'\nset key below\nset grid\n{settings}\nplot {}\n",
         png.display(),
         plots.join(", \\\n  ")
     );

@@ -118,9 +118,60 @@ fn applet_call(name: &str, args: &Args) -> std::result::Result<(Option<Call>, us
     Ok((Some(call), 1))
 }
 
+/// Our options that take a value. argh knows only `--name value`; the
+/// documentation (and systemd units) write `--name=value` too.
+const VALUE_OPTIONS: &[&str] = &[
+    "--service",
+    "--argument",
+    "--max-connections",
+    "--drain-timeout",
+    "--exit-idle-time",
+    "--stdin-socket",
+    "--qrexec-client-vm",
+];
+
+/// Splits `--name=value` of our value options, up to `--` (what follows is
+/// qrexec-client-vm's, such as `--buffer-size=N`, and stays whole).
+fn split_values<'a>(raw: &[&'a str]) -> Vec<&'a str> {
+    let mut args = Vec::with_capacity(raw.len() + 2);
+    let mut ours = true;
+    for &arg in raw {
+        if ours {
+            if arg == "--" {
+                ours = false;
+            } else if let Some((name, value)) = arg.split_once('=')
+                && VALUE_OPTIONS.contains(&name)
+            {
+                args.extend([name, value]);
+                continue;
+            }
+        }
+        args.push(arg);
+    }
+    args
+}
+
+/// Checks the words passed on to qrexec-client-vm: each must be an option.
+/// qrexec-client-vm's options end at its first other word, which it takes
+/// for the target: `junk --use-stdin-socket -- work CALL` would call the
+/// service `--use-stdin-socket` in the qube `junk` and run `--` locally.
+fn check_passed_options(options: &[OsString]) -> std::result::Result<(), String> {
+    match options
+        .iter()
+        .find(|o| o.as_encoded_bytes().first() != Some(&b'-') || o.as_os_str() == "--")
+    {
+        Some(bad) => Err(format!(
+            "{bad:?} is not an option for qrexec-client-vm: the words after `--` (and after \
+             the instance) must each be one option, such as --buffer-size=65536"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Runs a client applet.
 pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
-    let args: Args = match super::parse_args(name, raw) {
+    let raw = split_values(raw);
+    let args: Args = match super::parse_args(name, &raw) {
         Ok(args) => args,
         Err((help, 0)) => {
             print!("{help}");
@@ -131,13 +182,15 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
     crate::logging::init(name, args.verbose);
     let (call, used) = applet_call(name, &args).map_err(Error::Usage)?;
     let options: Vec<OsString> = args.rest[used..].iter().map(OsString::from).collect();
+    check_passed_options(&options).map_err(Error::Usage)?;
     if args.max_connections == 0 {
         return Err(Error::Usage("--max-connections must be at least 1".into()));
     }
     let Some(passed) = activation::take()? else {
         return Err(Error::NotConfigured(not_configured(name)));
     };
-    let notifier = Notifier::from_env().map_err(|e| Error::io("use NOTIFY_SOCKET", e))?;
+    let notifier = Notifier::from_env()
+        .map_err(|e| Error::Usage(format!("NOTIFY_SOCKET is not a usable socket address: {e}")))?;
     let routes = route(&passed, call.as_ref())?;
     let path = args
         .qrexec_client_vm
@@ -191,7 +244,8 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
         .collect();
     if accepted {
         // Accept=yes: systemd accepted the connection and started us for it.
-        return daemon::serve_one(&listeners[0], &client);
+        let connection = listeners.into_iter().next().expect("one socket passed");
+        return daemon::serve_one(connection, &client, &notifier);
     }
     for l in &listeners {
         info!(target: "listener", "{} -> {} {}", l.addr, l.target, l.call);
@@ -215,8 +269,8 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
 const FIXED_FDS: u64 = 32;
 
 /// Raises the open-file limit as far as allowed and lowers
-/// `--max-connections` to what fits in it: each open connection holds two
-/// fds (its pidfd and its stderr pipe), and a connection accepted beyond the
+/// `--max-connections` to what fits in it: each open connection holds one
+/// fd (its child's stderr pipe), and a connection accepted beyond the
 /// limit could only be closed, where one left in the backlog waits its turn.
 fn fit_fd_limit(max_connections: usize, listeners: usize) -> usize {
     let nofile = match sys::raise_nofile_limit() {
@@ -226,7 +280,7 @@ fn fit_fd_limit(max_connections: usize, listeners: usize) -> usize {
             return max_connections;
         }
     };
-    let fit = nofile.saturating_sub(FIXED_FDS + listeners as u64) / 2;
+    let fit = nofile.saturating_sub(FIXED_FDS + listeners as u64);
     if (max_connections as u64) <= fit {
         return max_connections;
     }
@@ -234,7 +288,7 @@ fn fit_fd_limit(max_connections: usize, listeners: usize) -> usize {
     log::warn!(
         "--max-connections {max_connections} needs about {} open files and the limit is {nofile} \
          (LimitNOFILE=): serving at most {fit} connections at once",
-        2 * max_connections as u64 + FIXED_FDS
+        max_connections as u64 + FIXED_FDS
     );
     fit
 }
@@ -323,6 +377,48 @@ mod tests {
         )
         .unwrap();
         assert_eq!(used, 1);
+    }
+
+    #[test]
+    fn value_options_with_equals() {
+        assert_eq!(
+            split_values(&[
+                "--stdin-socket=no",
+                "22",
+                "--max-connections=5",
+                "--",
+                "--buffer-size=1"
+            ]),
+            [
+                "--stdin-socket",
+                "no",
+                "22",
+                "--max-connections",
+                "5",
+                "--",
+                "--buffer-size=1"
+            ]
+        );
+        assert_eq!(
+            split_values(&["--verbose=1"]),
+            ["--verbose=1"],
+            "not a value option"
+        );
+        assert_eq!(
+            split_values(&["--service=a=b"]),
+            ["--service", "a=b"],
+            "split at the first ="
+        );
+    }
+
+    #[test]
+    fn passed_words_must_be_options() {
+        let words = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        assert!(check_passed_options(&words(&["--buffer-size=1", "-t"])).is_ok());
+        assert!(check_passed_options(&words(&[])).is_ok());
+        for bad in [&["junk"][..], &["--"][..], &["-a", "/run/x"][..], &[""][..]] {
+            assert!(check_passed_options(&words(bad)).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The applets of the multi-call binary: one per name it can be started under.
 
 pub mod client;
+pub mod service;
 
 use crate::error::Result;
 
@@ -43,6 +44,24 @@ pub const APPLETS: &[Applet] = &[
         short: Some("unix"),
         about: "forward each socket to qubes.ConnectUnix+NAME (client side)",
         run: client::run,
+    },
+    Applet {
+        name: "qubes.ConnectUnix",
+        short: None,
+        about: "qrexec service: relay the call to the socket $XDG_RUNTIME_DIR/qubes.ConnectUnix/NAME",
+        run: service::run,
+    },
+    Applet {
+        name: "qubes.ConnectTCPBind",
+        short: None,
+        about: "qrexec service: relay the call to TCP 127.0.0.1:PORT from BINDADDR (PORT-BINDADDR)",
+        run: service::run,
+    },
+    Applet {
+        name: "qubes.ConnectNFS",
+        short: None,
+        about: "qrexec service: relay the call to NFS, TCP 127.0.0.1:2049, from BINDADDR",
+        run: service::run,
     },
 ];
 

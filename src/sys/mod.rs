@@ -6,6 +6,7 @@
 
 pub mod process;
 pub mod socket;
+pub mod splice;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -100,13 +101,20 @@ pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// `write(2)` from `buf`; may write less than all of it.
+pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = syscall!(write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()))?;
+    Ok(n as usize)
+}
+
 /// Removes a variable from our own environment (`unsetenv(3)`).
 ///
 /// Only for start-up, before the program starts any thread: the environment
 /// is not synchronized.
 pub fn remove_env(name: &str) {
     // SAFETY: called from the main thread during start-up, before any other
-    // thread exists (the program never starts one), so nothing reads the
+    // thread exists (the client applets never start one), so nothing reads the
     // environment concurrently.
     unsafe { std::env::remove_var(name) }
 }

@@ -6,19 +6,6 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::syscall;
 
-/// `pidfd_open(2)`: an fd that becomes readable when the child `pid` exits.
-///
-/// Works on a child that already exited, as long as it has not been reaped.
-pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel returned a new descriptor (pidfds are O_CLOEXEC).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// How a child ended, from `waitpid(2)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -26,15 +13,17 @@ pub enum Exit {
     Signal(i32),
 }
 
-/// `waitpid(pid, WNOHANG)`: reaps the child if it has ended.
-pub fn try_wait(pid: u32) -> io::Result<Option<Exit>> {
+/// `waitpid(-1, WNOHANG)`: reaps any one child that has ended, with its pid;
+/// `None` when none has (or there are no children).
+pub fn try_wait_any() -> io::Result<Option<(u32, Exit)>> {
     let mut status = 0;
     // SAFETY: status is a writable int.
-    let res = syscall!(waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG))?;
-    if res == 0 {
-        return Ok(None);
+    match syscall!(waitpid(-1, &mut status, libc::WNOHANG)) {
+        Ok(0) => Ok(None),
+        Ok(pid) => Ok(Some((pid as u32, decode_status(status)))),
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(None),
+        Err(e) => Err(e),
     }
-    Ok(Some(decode_status(status)))
 }
 
 /// `waitpid(pid, 0)`: waits for the child to end and reaps it.
@@ -110,7 +99,8 @@ impl SignalPipe {
             // SAFETY: an all-zero sigaction is a valid value; fields are set below.
             let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
             action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-            action.sa_flags = libc::SA_RESTART;
+            // SA_NOCLDSTOP: a child that stops has not ended.
+            action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
             // SAFETY: sa_mask is a sigset_t inside action.
             syscall!(sigemptyset(&mut action.sa_mask))?;
             // SAFETY: action is initialized; a null old-action pointer is allowed.
@@ -139,6 +129,12 @@ impl SignalPipe {
         use std::os::fd::AsFd;
         self.read.as_fd()
     }
+}
+
+/// `getuid(2)`: the real user id of this process.
+pub fn uid() -> u32 {
+    // SAFETY: getuid takes no arguments and always succeeds.
+    unsafe { libc::getuid() }
 }
 
 /// The conventional name of a signal, for logs.

@@ -1,4 +1,5 @@
-//! Socket calls: inspecting passed sockets, accepting, and naming addresses.
+//! Socket calls: inspecting passed sockets, accepting, naming addresses, and
+//! TCP connections from a chosen source address (bind before connect).
 
 use std::fmt;
 use std::io;
@@ -208,6 +209,104 @@ pub fn shutdown(fd: BorrowedFd<'_>, how: std::net::Shutdown) -> io::Result<()> {
         std::net::Shutdown::Both => libc::SHUT_RDWR,
     };
     syscall!(shutdown(fd.as_raw_fd(), how)).map(drop)
+}
+
+fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// `socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC)`: a new, blocking TCP socket.
+pub fn tcp_v4() -> io::Result<OwnedFd> {
+    let fd = syscall!(socket(
+        libc::AF_INET,
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+        0
+    ))?;
+    // SAFETY: socket returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn set_sockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: the option value is a readable c_int of the size given.
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        level,
+        name,
+        (&value as *const libc::c_int).cast(),
+        size_of::<libc::c_int>() as libc::socklen_t
+    ))
+    .map(drop)
+}
+
+/// `bind(2)` of a TCP socket to `local` with port 0, the port chosen by
+/// the following `connect(2)` (`IP_BIND_ADDRESS_NO_PORT`, so that only the
+/// whole four-tuple must be unique, not the source port).
+pub fn bind_v4_for_connect(fd: BorrowedFd<'_>, local: Ipv4Addr) -> io::Result<()> {
+    set_sockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+    let sin = sockaddr_v4(SocketAddrV4::new(local, 0));
+    // SAFETY: `sin` is a valid sockaddr_in of the length given.
+    syscall!(bind(
+        fd.as_raw_fd(),
+        (&sin as *const libc::sockaddr_in).cast(),
+        size_of::<libc::sockaddr_in>() as libc::socklen_t
+    ))
+    .map(drop)
+}
+
+/// `connect(2)` to an IPv4 address, blocking until it is established.
+pub fn connect_v4(fd: BorrowedFd<'_>, remote: SocketAddrV4) -> io::Result<()> {
+    let sin = sockaddr_v4(remote);
+    // SAFETY: `sin` is a valid sockaddr_in of the length given.
+    match syscall!(connect(
+        fd.as_raw_fd(),
+        (&sin as *const libc::sockaddr_in).cast(),
+        size_of::<libc::sockaddr_in>() as libc::socklen_t
+    )) {
+        Ok(_) => Ok(()),
+        // Interrupted, the connection still goes on in the background; its
+        // result comes as the socket's error once it is writable.
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => wait_connected(fd),
+        Err(e) => Err(e),
+    }
+}
+
+/// Waits (`poll(2)`) for an interrupted connect to finish and returns its result.
+fn wait_connected(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: `pfd` is one valid pollfd.
+        match syscall!(poll(&mut pfd, 1, -1)) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    match sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
+        0 => Ok(()),
+        err => Err(io::Error::from_raw_os_error(err)),
+    }
+}
+
+/// `setsockopt(TCP_NODELAY)`: send each write at once instead of waiting
+/// to fill a segment (Nagle's algorithm).
+pub fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
+    set_sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@
 //! process group) by pid when the fixture is dropped.
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod user_manager;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs;
@@ -79,6 +81,21 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     wait_for(what, || condition().then_some(()))
 }
 
+/// Where temporary directories go: `$TMPDIR` when set, else /dev/shm when
+/// there is one. Every call the stand-in serves writes a record of a few
+/// files; on a disk file system mounted with `discard` (as here), a replaced
+/// file costs milliseconds, on tmpfs microseconds.
+pub fn scratch_base() -> PathBuf {
+    let shm = Path::new("/dev/shm");
+    if std::env::var_os("TMPDIR").is_none()
+        && fs::metadata(shm).is_ok_and(|m| m.is_dir() && !m.permissions().readonly())
+    {
+        shm.to_owned()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// A directory removed with everything in it when dropped.
 pub struct TempDir(PathBuf);
 
@@ -86,8 +103,7 @@ impl TempDir {
     pub fn new(what: &str) -> Self {
         static COUNT: AtomicUsize = AtomicUsize::new(0);
         let n = COUNT.fetch_add(1, Ordering::SeqCst);
-        let path =
-            std::env::temp_dir().join(format!("qrexec-connect-{what}-{}-{n}", std::process::id()));
+        let path = scratch_base().join(format!("qrexec-connect-{what}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir_all(&path).expect("create a temporary directory");
         TempDir(path)
@@ -375,6 +391,28 @@ impl Conn {
         }
     }
 
+    /// Sends `request`, ends our side, returns everything until EOF or a
+    /// reset: a call that fails before reading what we sent closes the
+    /// connection with unread data, which TCP reports as a reset.
+    pub fn exchange_or_reset(&mut self, request: &[u8]) -> Vec<u8> {
+        let mut reply = Vec::new();
+        let sent = self.write_all(request).and_then(|()| self.shutdown_write());
+        match sent.and_then(|()| self.read_to_end(&mut reply)) {
+            Ok(_) => reply,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::NotConnected
+                ) =>
+            {
+                reply
+            }
+            Err(e) => panic!("exchange: {e}"),
+        }
+    }
+
     /// Sends `request`, ends our side, returns everything until EOF.
     pub fn exchange(&mut self, request: &[u8]) -> Vec<u8> {
         self.write_all(request).unwrap();
@@ -426,6 +464,7 @@ pub struct Activate<'w> {
     args: Vec<String>,
     env: Vec<(String, OsString)>,
     accept: bool,
+    datagram: bool,
     notify: bool,
 }
 
@@ -438,11 +477,12 @@ impl<'w> Activate<'w> {
             args: Vec::new(),
             env: world.env(),
             accept: false,
+            datagram: false,
             notify: false,
         }
     }
 
-    /// One more listener with FileDescriptorName `name`.
+    /// One more listener with FileDescriptorName `name` (all empty: unnamed).
     pub fn listen(mut self, what: Listen, name: &str) -> Self {
         self.listeners.push((what, name.to_owned()));
         self
@@ -469,6 +509,12 @@ impl<'w> Activate<'w> {
     /// `--accept`: one process per connection, given the connected socket.
     pub fn accept(mut self) -> Self {
         self.accept = true;
+        self
+    }
+
+    /// `--datagram`: every listener a datagram socket (which we refuse).
+    pub fn datagram(mut self) -> Self {
+        self.datagram = true;
         self
     }
 
@@ -523,7 +569,11 @@ impl<'w> Activate<'w> {
         if self.accept {
             command.arg("--accept");
         }
-        if !self.listeners.is_empty() {
+        if self.datagram {
+            command.arg("--datagram");
+        }
+        // All names empty: no --fdname, so no LISTEN_FDNAMES at all.
+        if self.listeners.iter().any(|(_, name)| !name.is_empty()) {
             let names: Vec<&str> = self.listeners.iter().map(|(_, n)| n.as_str()).collect();
             command.arg(format!("--fdname={}", names.join(":")));
         }
@@ -662,18 +712,23 @@ impl Daemon {
 
     /// Waits until stderr contains `needle`; returns all of it.
     pub fn wait_stderr(&self, needle: &str) -> String {
-        wait_for(&format!("{needle:?} on stderr"), || {
-            let text = self.stderr();
-            text.contains(needle).then_some(text)
-        })
+        self.wait_stderr_count(needle, 1)
     }
 
     /// Waits until stderr contains `needle` `n` times.
     pub fn wait_stderr_count(&self, needle: &str, n: usize) -> String {
-        wait_for(&format!("{n} times {needle:?} on stderr"), || {
+        let start = Instant::now();
+        loop {
             let text = self.stderr();
-            (text.matches(needle).count() >= n).then_some(text)
-        })
+            if text.matches(needle).count() >= n {
+                return text;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {n} times {needle:?} on stderr:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Waits until every writer closed stderr; returns all of it.

@@ -16,6 +16,17 @@
 //! `--use-stdin-socket`.
 #![deny(unsafe_code)]
 
+/// `eprintln!` in one `write(2)`, as C's `fprintf(stderr, ...)` does: a
+/// reader of our stderr gets whole lines (std's unbuffered stderr writes
+/// each piece of a format separately).
+macro_rules! say {
+    ($($arg: tt)*) => {{
+        use std::io::Write as _;
+        let line = format!("{}\n", format_args!($($arg)*));
+        let _ = std::io::stderr().write_all(line.as_bytes());
+    }};
+}
+
 pub mod agent;
 pub mod names;
 pub mod options;
@@ -108,7 +119,7 @@ pub fn main() -> u8 {
     let mut record = root.as_deref().and_then(|r| match Record::create(r) {
         Ok(record) => Some(record),
         Err(e) => {
-            eprintln!("{TAG}: cannot record this call under {}: {e}", r.display());
+            say!("{TAG}: cannot record this call under {}: {e}", r.display());
             None
         }
     });
@@ -122,7 +133,9 @@ pub fn main() -> u8 {
         done: AtomicBool::new(false),
     });
     std::thread::spawn(watch_signals);
-    let code = run(&args, root.as_deref(), &mut Notes(record));
+    let mut notes = Notes(record);
+    let code = run(&args, root.as_deref(), &mut notes);
+    notes.flush();
     if !finish(&format!("exit {code}")) {
         // A signal ended the run (its service went first): the watcher is
         // about to end the process by that signal, which must win.
@@ -149,6 +162,12 @@ impl Notes {
         }
     }
 
+    fn flush(&self) {
+        if let Some(r) = &self.0 {
+            r.flush();
+        }
+    }
+
     fn raw(&self, name: &str, bytes: &[u8]) {
         if let Some(r) = &self.0 {
             r.raw(name, bytes);
@@ -158,7 +177,7 @@ impl Notes {
 
 fn refused(notes: &mut Notes, why: &str) -> u8 {
     notes.set("decision", why);
-    eprintln!("Request refused");
+    say!("Request refused");
     126
 }
 
@@ -171,7 +190,7 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
         Ok(options) => options,
         Err(refusal) => {
             if let Some(message) = &refusal.message {
-                eprintln!("{PROGRAM}: {message}");
+                say!("{PROGRAM}: {message}");
             }
             if refusal.show_usage {
                 eprint!("{}", options::usage(PROGRAM, old));
@@ -193,18 +212,18 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
         match sys::socket_type(sys::stdio(0)) {
             Ok(libc::SOCK_STREAM) => {}
             Ok(other) => {
-                eprintln!(
+                say!(
                     "{PROGRAM}: stdin was a socket of type {other}, not SOCK_STREAM ({})",
                     libc::SOCK_STREAM
                 );
                 return 2;
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => {
-                eprintln!("{PROGRAM}: --use-stdin-socket passed, but stdin not a socket");
+                say!("{PROGRAM}: --use-stdin-socket passed, but stdin not a socket");
                 return 2;
             }
             Err(e) => {
-                eprintln!("{PROGRAM}: getsockopt(0, SOL_SOCKET, SO_TYPE): {e}");
+                say!("{PROGRAM}: getsockopt(0, SOL_SOCKET, SO_TYPE): {e}");
                 return 2;
             }
         }
@@ -220,10 +239,10 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
         let program = String::from_utf8_lossy(&local[0]);
         notes.set("refused", "local program");
         if options.use_stdin_socket {
-            eprintln!("{PROGRAM}: cannot spawn a local process with --use-stdin-socket");
+            say!("{PROGRAM}: cannot spawn a local process with --use-stdin-socket");
             eprint!("{}", options::usage(PROGRAM, old));
         } else {
-            eprintln!(
+            say!(
                 "{TAG}: words after SERVICE+ARG name a local program ('{program}'), which the \
                  stand-in does not run; a caller must put options before TARGET and '--' before it"
             );
@@ -232,7 +251,7 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
     }
     let Some(root) = root else {
         // What qrexec-client-vm says when qrexec-agent's socket is missing.
-        eprintln!("{PROGRAM}: connect: No such file or directory");
+        say!("{PROGRAM}: connect: No such file or directory");
         return 1;
     };
     let target =
@@ -245,13 +264,14 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
     notes.set("service", service);
     notes.set("argument", argument);
     notes.set("source", &source);
+    notes.flush();
     count_in();
 
     let policy = std::fs::read_to_string(root.join("policy")).unwrap_or_default();
     let rules = match policy::parse(&policy) {
         Ok(rules) => rules,
         Err(e) => {
-            eprintln!("{TAG}: {e}");
+            say!("{TAG}: {e}");
             return refused(notes, "policy error");
         }
     };
@@ -265,7 +285,7 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
         }
         Decision::Deny { line: None } => return refused(notes, "deny (no policy line)"),
         Decision::Invalid { line, why } => {
-            eprintln!("{TAG}: policy line {line}: {why}");
+            say!("{TAG}: policy line {line}: {why}");
             return refused(notes, &format!("invalid (policy line {line})"));
         }
     };
@@ -280,7 +300,7 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
 
     let Some(found) = agent::find_service(&qube, &call, service, argument) else {
         notes.set("service_kind", "missing");
-        eprintln!(
+        say!(
             "{TAG}: no service {call} (nor {service}) in qube {qube_name}: looked in {}",
             agent::SERVICE_DIRS.join(" and ")
         );
@@ -295,7 +315,7 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
     match found {
         Service::Unstartable(path, why) => {
             notes.set("service_path", path.display().to_string());
-            eprintln!("{TAG}: cannot start {}: {why}", path.display());
+            say!("{TAG}: cannot start {}: {why}", path.display());
             125
         }
         Service::Executable(path) => {
@@ -325,6 +345,7 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
                 }
             }
             env.extend(agent::qube_env(&qube));
+            notes.flush();
             relay::executable(&caller, &path, argument, env, &qube)
         }
         Service::Socket(path) => {
@@ -332,7 +353,7 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
             let stream = match UnixStream::connect(&path) {
                 Ok(stream) => stream,
                 Err(e) => {
-                    eprintln!("{TAG}: cannot connect to {}: {e}", path.display());
+                    say!("{TAG}: cannot connect to {}: {e}", path.display());
                     return 125;
                 }
             };
@@ -341,19 +362,23 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
             if !skip {
                 let descriptor = format!("{call} {source}\0");
                 if let Err(e) = std::io::Write::write_all(&mut &stream, descriptor.as_bytes()) {
-                    eprintln!("{TAG}: cannot send the service descriptor: {e}");
+                    say!("{TAG}: cannot send the service descriptor: {e}");
                     return 125;
                 }
             }
+            notes.flush();
             relay::connection(&caller, OwnedFd::from(stream))
         }
         Service::Tcp { host, port } => {
             notes.set("service_path", format!("/dev/tcp/{host}/{port}"));
             let port: u16 = port.parse().expect("checked by find_service");
             match TcpStream::connect((host.as_str(), port)) {
-                Ok(stream) => relay::connection(&caller, OwnedFd::from(stream)),
+                Ok(stream) => {
+                    notes.flush();
+                    relay::connection(&caller, OwnedFd::from(stream))
+                }
                 Err(e) => {
-                    eprintln!("{TAG}: cannot connect to {host} port {port}: {e}");
+                    say!("{TAG}: cannot connect to {host} port {port}: {e}");
                     125
                 }
             }

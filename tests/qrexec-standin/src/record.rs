@@ -10,13 +10,16 @@
 //!   status      written last: "exit N" or "signal N"
 //! $QREXEC_STANDIN_ROOT/concurrency
 //!   "RUNNING MAX STARTED": calls running now, most at once, all started
+//!   (updated under a lock of concurrency.lock, replaced whole)
 //! ```
 //!
-//! Each file is written whole and renamed into place, so a reader never sees
-//! half of one; `status` existing means the run is over.
+//! `info` and `status` are written whole and renamed into place, so a reader
+//! never sees half of one; `status` existing means the run is over and
+//! every other file complete. `info` of a running call is as of its last
+//! milestone (names parsed, service found).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -128,8 +131,11 @@ impl Record {
         &self.dir
     }
 
+    /// Writes a file that no reader looks at before `status` exists.
     fn write(&self, name: &str, bytes: &[u8]) {
-        write_atomic(&self.dir, name, bytes);
+        if let Err(e) = fs::write(self.dir.join(name), bytes) {
+            say!("qrexec-client-vm (stand-in): cannot record {name}: {e}");
+        }
     }
 
     /// Records argv, the environment and what the snapshot saw.
@@ -165,34 +171,39 @@ impl Record {
             ("sig_blocked".into(), snapshot.sig_blocked.clone()),
             ("sig_ignored".into(), snapshot.sig_ignored.clone()),
         ];
-        self.flush_info();
+        self.flush();
     }
 
     pub fn raw(&self, name: &str, bytes: &[u8]) {
         self.write(name, bytes);
     }
 
-    /// Adds (or replaces) one `info` line. Values never hold a newline.
+    /// Adds (or replaces) one `info` line, written at the next [`flush`].
+    /// Values never hold a newline.
+    ///
+    /// [`flush`]: Record::flush
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         let value = value.into().replace('\n', "\\n");
         match self.info.iter_mut().find(|(k, _)| k == key) {
             Some(entry) => entry.1 = value,
             None => self.info.push((key.into(), value)),
         }
-        self.flush_info();
     }
 
     pub fn set_flag(&mut self, key: &str, value: bool) {
         self.set(key, yes(value));
     }
 
-    fn flush_info(&self) {
+    /// Replaces `info` whole. Only at a few points of a run: each
+    /// replacement costs a rename, slow on some file systems, and a test
+    /// makes a thousand calls.
+    pub fn flush(&self) {
         let text: String = self
             .info
             .iter()
             .map(|(k, v)| format!("{k}={v}\n"))
             .collect();
-        self.write("info", text.as_bytes());
+        write_atomic(&self.dir, "info", text.as_bytes());
     }
 }
 
@@ -201,53 +212,55 @@ pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) {
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = fs::write(&tmp, bytes).and_then(|()| fs::rename(&tmp, dir.join(name)));
     if let Err(e) = result {
-        eprintln!("qrexec-client-vm (stand-in): cannot record {name}: {e}");
+        say!("qrexec-client-vm (stand-in): cannot record {name}: {e}");
     }
 }
 
-/// The `concurrency` counter, under an exclusive `flock`.
+/// The `concurrency` counter. Writers take an exclusive `flock` of
+/// `concurrency.lock`, then replace `concurrency` whole, so that readers
+/// need no lock.
 pub struct Concurrency {
-    path: PathBuf,
+    root: PathBuf,
 }
 
 impl Concurrency {
     pub fn new(root: &Path) -> Self {
         Concurrency {
-            path: root.join("concurrency"),
+            root: root.to_owned(),
         }
     }
 
     fn update(&self, delta: i64) -> io::Result<()> {
-        let mut file: File = OpenOptions::new()
-            .read(true)
+        let lock: File = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&self.path)?;
-        sys::lock_exclusive(file.as_fd())?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
+            .open(self.root.join("concurrency.lock"))?;
+        sys::lock_exclusive(lock.as_fd())?;
+        let text = fs::read_to_string(self.root.join("concurrency")).unwrap_or_default();
         let mut numbers = text
             .split_whitespace()
             .map(|n| n.parse::<i64>().unwrap_or(0));
         let running = numbers.next().unwrap_or(0) + delta;
         let max = numbers.next().unwrap_or(0).max(running);
         let started = numbers.next().unwrap_or(0) + delta.max(0);
-        file.rewind()?;
-        file.set_len(0)?;
-        file.write_all(format!("{running} {max} {started}\n").as_bytes())
-        // Closing the file releases the lock.
+        let tmp = self
+            .root
+            .join(format!(".concurrency.{}", std::process::id()));
+        fs::write(&tmp, format!("{running} {max} {started}\n"))?;
+        fs::rename(&tmp, self.root.join("concurrency"))
+        // Closing `lock` releases the lock.
     }
 
     pub fn enter(&self) {
         if let Err(e) = self.update(1) {
-            eprintln!("qrexec-client-vm (stand-in): cannot count this call: {e}");
+            say!("qrexec-client-vm (stand-in): cannot count this call: {e}");
         }
     }
 
     pub fn leave(&self) {
         if let Err(e) = self.update(-1) {
-            eprintln!("qrexec-client-vm (stand-in): cannot count this call's end: {e}");
+            say!("qrexec-client-vm (stand-in): cannot count this call's end: {e}");
         }
     }
 }

@@ -122,7 +122,7 @@ pub fn executable(
 ) -> u8 {
     let pairs = UnixStream::pair().and_then(|a| Ok((a, UnixStream::pair()?)));
     let Ok(((ours_in, theirs_in), (ours_out, theirs_out))) = pairs else {
-        eprintln!("{TAG}: socketpair failed");
+        say!("{TAG}: socketpair failed");
         return 1;
     };
     let mut command = Command::new(path);
@@ -143,7 +143,7 @@ pub fn executable(
     let mut child = match spawned {
         Ok(child) => child,
         Err(e) => {
-            eprintln!("{TAG}: cannot start {}: {e}", path.display());
+            say!("{TAG}: cannot start {}: {e}", path.display());
             return 125;
         }
     };
@@ -164,7 +164,7 @@ pub fn executable(
     let status = match child.wait() {
         Ok(status) => status_code(status),
         Err(e) => {
-            eprintln!("{TAG}: cannot wait for the service: {e}");
+            say!("{TAG}: cannot wait for the service: {e}");
             1
         }
     };
@@ -180,7 +180,7 @@ pub fn connection(caller: &Caller, stream: OwnedFd) -> u8 {
     let input_side = match stream.try_clone() {
         Ok(fd) => fd,
         Err(e) => {
-            eprintln!("{TAG}: dup failed: {e}");
+            say!("{TAG}: dup failed: {e}");
             return 1;
         }
     };

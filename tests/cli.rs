@@ -1,0 +1,222 @@
+//! The binary's command line and start-up: applet dispatch, refusals with
+//! their exit statuses, and that it is statically linked.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::Command;
+
+use common::{Activate, Address, Listen, Program, World, binary, run, standin};
+
+fn applet(name: &str) -> Program {
+    Program::Applet(name.into())
+}
+
+#[test]
+fn lists_and_dispatches_applets() {
+    let world = World::new();
+    let names = [
+        "qrexec-connect",
+        "qrexec-connect-tcp",
+        "qrexec-connect-tcp-bind",
+        "qrexec-connect-unix",
+    ];
+    let (code, out, _) = run(&Program::Multicall("--list".into()), &[], &world);
+    assert_eq!(code, Some(0));
+    for name in names {
+        assert!(
+            out.lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
+            "{name} not listed:\n{out}"
+        );
+    }
+
+    let (code, _, err) = run(&Program::Multicall("nope".into()), &[], &world);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("unknown applet 'nope'"), "{err}");
+    assert!(
+        err.contains("qrexec-connect-unix"),
+        "the list follows:\n{err}"
+    );
+    let (code, _, err) = run(&applet("qrexec-connect-bogus"), &[], &world);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("qrexec-connect-tcp"), "{err}");
+
+    // Each way of naming the applet reaches it: its own --help, and its
+    // own name when it finds no sockets.
+    for program in [
+        applet("qrexec-connect-tcp"),
+        Program::Multicall("qrexec-connect-tcp".into()),
+        Program::Multicall("tcp".into()),
+    ] {
+        let (code, out, _) = run(&program, &["--help"], &world);
+        assert_eq!(code, Some(0), "{program:?}");
+        assert!(out.contains("qrexec-connect-tcp"), "{program:?}:\n{out}");
+        let (code, _, err) = run(&program, &["1234"], &world);
+        assert_eq!(code, Some(6), "{program:?}");
+        assert!(
+            err.starts_with("qrexec-connect-tcp: "),
+            "{program:?}:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn without_sockets_explains_and_exits_6() {
+    let world = World::new();
+    for (program, args) in [
+        (applet("qrexec-connect-tcp"), &["1234"][..]),
+        (applet("qrexec-connect-unix"), &["gpg-agent-ssh"][..]),
+        (Program::Plain, &[][..]),
+    ] {
+        let (code, out, err) = run(&program, args, &world);
+        assert_eq!(code, Some(6), "{program:?}: {err}");
+        assert_eq!(out, "");
+        assert!(err.contains("LISTEN_FDS"), "{err}");
+        assert!(
+            err.contains("systemd-socket-activate --listen=") && err.contains("--fdname="),
+            "no example in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let world = World::new();
+    for (program, args) in [
+        (applet("qrexec-connect-tcp"), &["0"][..]),
+        (applet("qrexec-connect-tcp"), &["1234", "junk"][..]),
+        (applet("qrexec-connect-tcp"), &["1234", "--", "--"][..]),
+        (
+            applet("qrexec-connect-tcp"),
+            &["--stdin-socket=maybe", "1234"][..],
+        ),
+        (
+            applet("qrexec-connect-tcp"),
+            &["--max-connections=0", "1234"][..],
+        ),
+        (applet("qrexec-connect-tcp-bind"), &["2049-10.0.0.1"][..]),
+        (applet("qrexec-connect-unix"), &["../x"][..]),
+        (Program::Plain, &["--argument", "1"][..]),
+        (Program::Plain, &["--service=qubes.X/y"][..]),
+    ] {
+        let (code, _, err) = run(&program, args, &world);
+        assert_eq!(code, Some(2), "{program:?} {args:?}: {err}");
+    }
+}
+
+/// A bad FileDescriptorName stops the daemon at start-up, naming the socket,
+/// its address and the value, before qrexec-client-vm is ever run, which
+/// would have called something else without a word.
+#[test]
+fn bad_fd_names_exit_2_before_qrexec_mangles_them() {
+    let world = World::new();
+    world.policy("* * client @anyvm allow\n");
+    for (bad, target_delivered, call_delivered) in [
+        ("wo/rk", "wo_rk", "qubes.ConnectTCP+1234"),
+        ("wo$rk", "wo@rk", "qubes.ConnectTCP+1234"),
+        (
+            "work qubes.ConnectTCP+1234;id",
+            "work",
+            "qubes.ConnectTCP+1234_id",
+        ),
+        (
+            "work qubes.ConnectUnix+a@b",
+            "work",
+            "qubes.ConnectUnix+a_b",
+        ),
+    ] {
+        let mut daemon = Activate::new(&world, applet("qrexec-connect-tcp"))
+            .listen(Listen::Tcp4, "personal")
+            .listen(Listen::Tcp4, bad)
+            .args(["1234"])
+            .start();
+        // systemd-socket-activate starts it at the first connection.
+        let _ = daemon.connect(0);
+        assert_eq!(daemon.wait_exit().code(), Some(2), "{bad}");
+        let text = daemon.stderr();
+        let Address::Inet(addr) = daemon.address(1) else {
+            unreachable!()
+        };
+        assert!(
+            text.contains(&format!("socket {addr}")) && text.contains(bad),
+            "{bad}: the message names the socket and the value:\n{text}"
+        );
+        assert!(
+            world.records().is_empty(),
+            "{bad}: qrexec-client-vm was run"
+        );
+
+        // What qrexec would have made of it.
+        let (target, call) = bad
+            .split_once(' ')
+            .unwrap_or((bad, "qubes.ConnectTCP+1234"));
+        let out = Command::new(standin())
+            .args(["--", target, call])
+            .env("QREXEC_STANDIN_ROOT", world.root())
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(2));
+        let calls = world.calls();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].info("target").as_deref(), Some(target_delivered));
+        assert_eq!(calls[0].info("call").as_deref(), Some(call_delivered));
+        std::fs::remove_dir_all(world.root().join("calls")).unwrap();
+    }
+
+    for (bad, why) in [
+        ("@dispvm+", "disposable template"),
+        (&"a".repeat(64)[..], "longer than"),
+        ("work  qubes.X", "more than two words"),
+    ] {
+        let mut daemon = Activate::new(&world, applet("qrexec-connect-tcp"))
+            .listen(Listen::Unix, bad)
+            .args(["1234"])
+            .start();
+        let _ = daemon.connect(0);
+        assert_eq!(daemon.wait_exit().code(), Some(2), "{bad}");
+        let text = daemon.stderr();
+        assert!(text.contains(why), "{bad}:\n{text}");
+        assert!(text.contains(&daemon.address(0).shown()), "{bad}:\n{text}");
+    }
+}
+
+#[test]
+fn datagram_socket_exits_3() {
+    let world = World::new();
+    let mut daemon = Activate::new(&world, applet("qrexec-connect-tcp"))
+        .listen(Listen::Tcp4, "work")
+        .args(["1234"])
+        .datagram()
+        .start();
+    let Address::Inet(addr) = daemon.address(0).clone() else {
+        unreachable!()
+    };
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .send_to(b"wake up", addr)
+        .unwrap();
+    assert_eq!(daemon.wait_exit().code(), Some(3));
+    let text = daemon.stderr();
+    assert!(text.contains("datagram"), "{text}");
+    assert!(text.contains("'work'"), "{text}");
+}
+
+/// The binary runs in any template, whatever its glibc: no dynamic
+/// dependencies. (The test profile's binary; the release profile uses the
+/// same target flags.)
+#[test]
+fn statically_linked() {
+    let out = Command::new("readelf")
+        .arg("--dynamic")
+        .arg(binary())
+        .output()
+        .expect("readelf (binutils)");
+    assert!(out.status.success());
+    let dynamic = String::from_utf8_lossy(&out.stdout);
+    assert!(!dynamic.contains("(NEEDED)"), "{dynamic}");
+    if let Ok(out) = Command::new("file").arg("--brief").arg(binary()).output() {
+        let kind = String::from_utf8_lossy(&out.stdout);
+        assert!(kind.contains("static-pie linked"), "{kind}");
+    }
+}

@@ -1,0 +1,1424 @@
+//! Black-box tests of the service applets (`qubes.ConnectUnix`,
+//! `qubes.ConnectTCPBind`, `qubes.ConnectNFS`): the real binary, started
+//! under each service name the way qrexec-agent starts it (argument in
+//! QREXEC_SERVICE_ARGUMENT and argv[1], stdin and stdout two socketpairs, or
+//! two pipes), against real servers on Unix sockets and 127.0.0.1.
+//!
+//! qubes.ConnectNFS always connects to port 2049: its tests take that port
+//! one at a time (`NFS_PORT`).
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::symlink;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const BIN: &str = env!("CARGO_BIN_EXE_qrexec-connect");
+/// Longest any single step may take before a test gives up (a hang is a failure).
+const DEADLINE: Duration = Duration::from_secs(60);
+const REMOTE: &str = "client-qube";
+const NFS: u16 = 2049;
+const MIB: u64 = 1 << 20;
+
+const UNIX: &str = "qubes.ConnectUnix";
+const TCP_BIND: &str = "qubes.ConnectTCPBind";
+const CONNECT_NFS: &str = "qubes.ConnectNFS";
+
+// ---------------------------------------------------------------------------
+// Fixtures
+
+/// A directory removed when the test ends.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("qc-service-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Port 2049 is one per machine: NFS tests take turns.
+fn nfs_port() -> MutexGuard<'static, ()> {
+    static NFS_PORT: Mutex<()> = Mutex::new(());
+    NFS_PORT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Waits until `fd` is ready for `events` (POLLIN, POLLOUT); false at the timeout.
+fn ready_within(fd: impl AsFd, events: libc::c_short, timeout: Duration) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // SAFETY: `pfd` is one valid pollfd for the duration of the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
+        if n > 0 {
+            return true;
+        }
+        if n == 0 || Instant::now() >= deadline {
+            return false;
+        }
+    }
+}
+
+/// Waits until `fd` is readable (a connection to accept, data to read).
+fn readable_within(fd: impl AsFd, timeout: Duration) -> bool {
+    ready_within(fd, libc::POLLIN, timeout)
+}
+
+/// Fails a read or write that could not start before the deadline: a
+/// service that stops relaying fails the test instead of hanging it.
+fn within_deadline(fd: impl AsFd, events: libc::c_short) -> io::Result<()> {
+    if ready_within(fd, events, DEADLINE) {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the service relayed nothing for too long",
+        ))
+    }
+}
+
+/// One end of a server's connection, Unix or TCP.
+trait Conn: Read + Write + Send {
+    fn shutdown_write(&self);
+    fn clone_box(&self) -> Box<dyn Conn>;
+    /// Closes with a reset (SO_LINGER 0) instead of an orderly end.
+    fn reset(self: Box<Self>);
+}
+
+impl Conn for UnixStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+    fn clone_box(&self) -> Box<dyn Conn> {
+        Box::new(self.try_clone().unwrap())
+    }
+    fn reset(self: Box<Self>) {
+        drop(self);
+    }
+}
+
+impl Conn for TcpStream {
+    fn shutdown_write(&self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+    fn clone_box(&self) -> Box<dyn Conn> {
+        Box::new(self.try_clone().unwrap())
+    }
+    fn reset(self: Box<Self>) {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: the option value is a valid `linger` of the size given.
+        let res = unsafe {
+            libc::setsockopt(
+                self.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(res, 0, "SO_LINGER: {}", io::Error::last_os_error());
+        drop(self);
+    }
+}
+
+/// A listening socket the service should (or must not) reach.
+enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Listener::Unix(l) => l.as_fd(),
+            Listener::Tcp(l) => l.as_fd(),
+        }
+    }
+
+    /// Accepts one connection, failing the test if none comes in time.
+    fn accept(&self) -> (Box<dyn Conn>, Option<SocketAddr>) {
+        assert!(
+            readable_within(self.fd(), DEADLINE),
+            "the service never connected"
+        );
+        match self {
+            Listener::Unix(l) => {
+                let s = l.accept().unwrap().0;
+                s.set_read_timeout(Some(DEADLINE)).unwrap();
+                s.set_write_timeout(Some(DEADLINE)).unwrap();
+                (Box::new(s), None)
+            }
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().unwrap();
+                s.set_read_timeout(Some(DEADLINE)).unwrap();
+                s.set_write_timeout(Some(DEADLINE)).unwrap();
+                (Box::new(s), Some(peer))
+            }
+        }
+    }
+
+    /// Whether a connection is waiting, without accepting it: after the
+    /// service has exited, any connection it made is in the backlog.
+    fn was_reached(&self) -> bool {
+        readable_within(self.fd(), Duration::ZERO)
+    }
+}
+
+/// Accepts one connection in a thread and runs `handler` on it.
+fn serve<T: Send + 'static>(
+    listener: Listener,
+    handler: impl FnOnce(Box<dyn Conn>) -> T + Send + 'static,
+) -> JoinHandle<(Option<SocketAddr>, T)> {
+    thread::spawn(move || {
+        let (conn, peer) = listener.accept();
+        (peer, handler(conn))
+    })
+}
+
+/// Where one service applet connects, set up for a test.
+struct Setup {
+    applet: &'static str,
+    argument: String,
+    /// The source address a TCP service must connect from.
+    bind: Option<Ipv4Addr>,
+    runtime_dir: Option<PathBuf>,
+    listener: Option<Listener>,
+    dir: TempDir,
+    _nfs: Option<MutexGuard<'static, ()>>,
+}
+
+impl Setup {
+    fn new(applet: &'static str) -> Self {
+        let dir = TempDir::new();
+        let (argument, bind, runtime_dir, listener, nfs) = match applet {
+            UNIX => {
+                // The real socket lives elsewhere; the allow-list holds a link.
+                let real = dir.path().join("real");
+                fs::create_dir(&real).unwrap();
+                let listener = UnixListener::bind(real.join("agent.sock")).unwrap();
+                let runtime = dir.path().join("runtime");
+                fs::create_dir_all(runtime.join(UNIX)).unwrap();
+                symlink(
+                    real.join("agent.sock"),
+                    runtime.join(UNIX).join("test-agent"),
+                )
+                .unwrap();
+                (
+                    "test-agent".to_owned(),
+                    None,
+                    Some(runtime),
+                    Listener::Unix(listener),
+                    None,
+                )
+            }
+            TCP_BIND => {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let port = listener.local_addr().unwrap().port();
+                let bind = Ipv4Addr::new(127, 0, 1, 1);
+                (
+                    format!("{port}-{bind}"),
+                    Some(bind),
+                    None,
+                    Listener::Tcp(listener),
+                    None,
+                )
+            }
+            CONNECT_NFS => {
+                let guard = nfs_port();
+                let listener = TcpListener::bind(("127.0.0.1", NFS))
+                    .expect("port 2049 of 127.0.0.1 must be free for the qubes.ConnectNFS tests");
+                let bind = Ipv4Addr::new(127, 0, 2, 49);
+                (
+                    bind.to_string(),
+                    Some(bind),
+                    None,
+                    Listener::Tcp(listener),
+                    Some(guard),
+                )
+            }
+            _ => unreachable!(),
+        };
+        Setup {
+            applet,
+            argument,
+            bind,
+            runtime_dir,
+            listener: Some(listener),
+            dir,
+            _nfs: nfs,
+        }
+    }
+
+    fn take_listener(&mut self) -> Listener {
+        self.listener.take().unwrap()
+    }
+
+    /// The command qrexec-agent would run for this call.
+    fn command(&self) -> Command {
+        service_command(self.applet, &self.argument, self.runtime_dir.as_deref())
+    }
+
+    /// Checks the TCP source address the server saw.
+    fn check_peer(&self, peer: Option<SocketAddr>) {
+        if let Some(bind) = self.bind {
+            assert_eq!(peer.unwrap().ip(), IpAddr::V4(bind), "wrong source address");
+        }
+    }
+}
+
+/// `applet` as qrexec-agent runs it: argv[0] the service name, argv[1] the
+/// argument when not empty, the argument also in QREXEC_SERVICE_ARGUMENT.
+fn service_command(applet: &str, argument: &str, runtime_dir: Option<&Path>) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg0(applet)
+        .env_clear()
+        .env("QREXEC_SERVICE_ARGUMENT", argument)
+        .env("QREXEC_SERVICE_FULL_NAME", format!("{applet}+{argument}"))
+        .env("QREXEC_REMOTE_DOMAIN", REMOTE);
+    if !argument.is_empty() {
+        cmd.arg(argument);
+    }
+    if let Some(dir) = runtime_dir {
+        cmd.env("XDG_RUNTIME_DIR", dir);
+    }
+    cmd
+}
+
+/// How the service's stdin and stdout are connected.
+#[derive(Clone, Copy, Debug)]
+enum Stdio2 {
+    /// Two separate socketpairs, as qrexec-agent gives them.
+    Sockets,
+    /// Two pipes.
+    Pipes,
+}
+
+/// A pipe (read end, write end), close-on-exec so that no other child
+/// started meanwhile holds it open.
+fn pipe() -> (fs::File, fs::File) {
+    let mut fds = [-1; 2];
+    // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
+    let res = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(res, 0, "pipe2: {}", io::Error::last_os_error());
+    // SAFETY: pipe2 succeeded: both are new descriptors owned by nobody else.
+    unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) }
+}
+
+/// Our end of the service's stdin.
+enum Input {
+    Socket(UnixStream),
+    Pipe(fs::File),
+}
+
+impl Write for Input {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Input::Socket(s) => {
+                within_deadline(&*s, libc::POLLOUT)?;
+                s.write(buf)
+            }
+            Input::Pipe(p) => {
+                within_deadline(&*p, libc::POLLOUT)?;
+                p.write(buf)
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Input {
+    /// End of file for the service, as qrexec-agent signals it.
+    fn close(self) {
+        match self {
+            Input::Socket(s) => {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+            Input::Pipe(p) => drop(p),
+        }
+    }
+}
+
+/// Our end of the service's stdout.
+enum Output {
+    Socket(UnixStream),
+    Pipe(fs::File),
+}
+
+impl Read for Output {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Output::Socket(s) => {
+                within_deadline(&*s, libc::POLLIN)?;
+                s.read(buf)
+            }
+            Output::Pipe(p) => {
+                within_deadline(&*p, libc::POLLIN)?;
+                p.read(buf)
+            }
+        }
+    }
+}
+
+/// A running service applet; killed by pid if the test ends early.
+struct Service {
+    child: Child,
+    input: Option<Input>,
+    output: Option<Output>,
+    stderr: Option<JoinHandle<String>>,
+}
+
+impl Service {
+    fn spawn(mut cmd: Command, stdio: Stdio2) -> Self {
+        let (their_in, input, their_out, output): (OwnedFd, Input, OwnedFd, Output) = match stdio {
+            Stdio2::Sockets => {
+                let (ours_in, theirs_in) = UnixStream::pair().unwrap();
+                let (ours_out, theirs_out) = UnixStream::pair().unwrap();
+                (
+                    theirs_in.into(),
+                    Input::Socket(ours_in),
+                    theirs_out.into(),
+                    Output::Socket(ours_out),
+                )
+            }
+            Stdio2::Pipes => {
+                let (their_in, ours_in) = pipe();
+                let (ours_out, their_out) = pipe();
+                (
+                    their_in.into(),
+                    Input::Pipe(ours_in),
+                    their_out.into(),
+                    Output::Pipe(ours_out),
+                )
+            }
+        };
+        cmd.stdin(Stdio::from(their_in))
+            .stdout(Stdio::from(their_out))
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start the service");
+        let mut err = child.stderr.take().unwrap();
+        let stderr = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Service {
+            child,
+            input: Some(input),
+            output: Some(output),
+            stderr: Some(stderr),
+        }
+    }
+
+    fn input(&mut self) -> Input {
+        self.input.take().unwrap()
+    }
+
+    fn output(&mut self) -> Output {
+        self.output.take().unwrap()
+    }
+
+    /// Waits for the service to exit; returns its status and stderr.
+    fn wait(mut self) -> (ExitStatus, String) {
+        let status = wait_within(&mut self.child, DEADLINE);
+        let stderr = self.stderr.take().unwrap().join().unwrap();
+        (status, stderr)
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_within(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service did not exit in time"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Data
+
+/// A deterministic stream of `len` bytes: 64 KiB blocks of seeded noise,
+/// each stamped with its index, so a lost, repeated or swapped block shows.
+struct Stream {
+    block: Vec<u8>,
+    len: u64,
+}
+
+impl Stream {
+    fn new(seed: u64, len: u64) -> Self {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let block = (0..1 << 16)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        Stream { block, len }
+    }
+
+    /// Writes the stream; returns the SHA-256 of what was written, or the
+    /// error that stopped it.
+    fn send(&mut self, out: &mut dyn Write) -> io::Result<[u8; 32]> {
+        let mut hash = Sha256::new();
+        let mut left = self.len;
+        let mut index = 0u64;
+        while left > 0 {
+            let n = left.min(self.block.len() as u64) as usize;
+            self.block[..8].copy_from_slice(&index.to_le_bytes());
+            hash.update(&self.block[..n]);
+            out.write_all(&self.block[..n])?;
+            left -= n as u64;
+            index += 1;
+        }
+        Ok(hash.finalize().into())
+    }
+}
+
+/// Reads to end of file; returns how many bytes and their SHA-256.
+fn digest_to_eof(input: &mut dyn Read) -> (u64, [u8; 32]) {
+    let mut hash = Sha256::new();
+    let mut buf = vec![0; 1 << 16];
+    let mut total = 0;
+    loop {
+        match input.read(&mut buf) {
+            Ok(0) => return (total, hash.finalize().into()),
+            Ok(n) => {
+                hash.update(&buf[..n]);
+                total += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read failed after {total} bytes: {e}"),
+        }
+    }
+}
+
+fn hex(digest: &[u8; 32]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn assert_clean_exit(status: ExitStatus, stderr: &str) {
+    assert_eq!(status.code(), Some(0), "status {status}, stderr: {stderr}");
+    assert_eq!(stderr, "", "nothing on stderr when all went well");
+}
+
+/// stderr is exactly one line, prefixed with the applet's name.
+fn assert_one_line(stderr: &str, applet: &str) -> String {
+    assert!(
+        stderr.ends_with('\n') && stderr.matches('\n').count() == 1,
+        "not one line: {stderr:?}"
+    );
+    assert!(stderr.starts_with(&format!("{applet}: ")), "{stderr:?}");
+    stderr.trim_end().to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Relaying
+
+/// The client sends a stream and closes its side; the server reads to end of
+/// file and only then answers with the digest of what it read.
+fn request_then_digest(applet: &'static str, stdio: Stdio2) {
+    let mut setup = Setup::new(applet);
+    let server = serve(setup.take_listener(), |mut conn| {
+        let (len, digest) = digest_to_eof(&mut conn);
+        conn.write_all(format!("{len} {}\n", hex(&digest)).as_bytes())
+            .unwrap();
+    });
+    let mut service = Service::spawn(setup.command(), stdio);
+    let mut input = service.input();
+    let sent = Stream::new(1, 3 * MIB + 17).send(&mut input).unwrap();
+    input.close();
+    let mut answer = String::new();
+    service.output().read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, format!("{} {}\n", 3 * MIB + 17, hex(&sent)));
+    let (peer, ()) = server.join().unwrap();
+    setup.check_peer(peer);
+    let (status, stderr) = service.wait();
+    assert_clean_exit(status, &stderr);
+}
+
+#[test]
+fn unix_socketpairs_half_close() {
+    request_then_digest(UNIX, Stdio2::Sockets);
+}
+
+#[test]
+fn unix_pipes_half_close() {
+    request_then_digest(UNIX, Stdio2::Pipes);
+}
+
+#[test]
+fn tcp_bind_socketpairs_half_close() {
+    request_then_digest(TCP_BIND, Stdio2::Sockets);
+}
+
+#[test]
+fn tcp_bind_pipes_half_close() {
+    request_then_digest(TCP_BIND, Stdio2::Pipes);
+}
+
+#[test]
+fn nfs_socketpairs_half_close() {
+    request_then_digest(CONNECT_NFS, Stdio2::Sockets);
+}
+
+#[test]
+fn nfs_pipes_half_close() {
+    request_then_digest(CONNECT_NFS, Stdio2::Pipes);
+}
+
+/// The server speaks first and ends its side; the client reads that end of
+/// file while its own side is still open, then sends, and the server gets it.
+fn server_ends_first(applet: &'static str, stdio: Stdio2) {
+    let mut setup = Setup::new(applet);
+    let server = serve(setup.take_listener(), |mut conn| {
+        conn.write_all(b"greeting").unwrap();
+        conn.shutdown_write();
+        let mut late = Vec::new();
+        conn.read_to_end(&mut late).unwrap();
+        late
+    });
+    let mut service = Service::spawn(setup.command(), stdio);
+    let mut output = service.output();
+    let mut greeting = Vec::new();
+    output.read_to_end(&mut greeting).unwrap();
+    assert_eq!(greeting, b"greeting");
+    let mut input = service.input();
+    input.write_all(b"after the server's end").unwrap();
+    input.close();
+    let (_, late) = server.join().unwrap();
+    assert_eq!(late, b"after the server's end");
+    let (status, stderr) = service.wait();
+    assert_clean_exit(status, &stderr);
+}
+
+#[test]
+fn unix_server_ends_first_socketpairs() {
+    server_ends_first(UNIX, Stdio2::Sockets);
+}
+
+#[test]
+fn tcp_bind_server_ends_first_pipes() {
+    server_ends_first(TCP_BIND, Stdio2::Pipes);
+}
+
+/// `len` bytes each way at once, each stream checked by SHA-256 at its end.
+fn integrity(applet: &'static str, stdio: Stdio2, len: u64, env: &[(&str, &str)]) {
+    let mut setup = Setup::new(applet);
+    let server = serve(setup.take_listener(), move |conn| {
+        let mut reader = conn.clone_box();
+        let received = thread::spawn(move || digest_to_eof(&mut reader));
+        let mut conn = conn;
+        let sent = Stream::new(3, len).send(&mut conn).unwrap();
+        conn.shutdown_write();
+        (sent, received.join().unwrap())
+    });
+    let mut cmd = setup.command();
+    cmd.envs(env.iter().copied());
+    let mut service = Service::spawn(cmd, stdio);
+    let mut input = service.input();
+    let client = thread::spawn(move || {
+        let sent = Stream::new(2, len).send(&mut input).unwrap();
+        input.close();
+        sent
+    });
+    let (received_len, received) = digest_to_eof(&mut service.output());
+    let client_sent = client.join().unwrap();
+    let (peer, (server_sent, (server_received_len, server_received))) = server.join().unwrap();
+    setup.check_peer(peer);
+    assert_eq!(server_received_len, len, "bytes that reached the server");
+    assert_eq!(hex(&server_received), hex(&client_sent), "stdin -> server");
+    assert_eq!(received_len, len, "bytes that reached stdout");
+    assert_eq!(hex(&received), hex(&server_sent), "server -> stdout");
+    let (status, stderr) = service.wait();
+    assert_clean_exit(status, &stderr);
+}
+
+#[test]
+fn unix_256_mib_each_way_socketpairs() {
+    integrity(UNIX, Stdio2::Sockets, 256 * MIB, &[]);
+}
+
+#[test]
+fn tcp_bind_256_mib_each_way_pipes() {
+    integrity(TCP_BIND, Stdio2::Pipes, 256 * MIB, &[]);
+}
+
+#[test]
+fn nfs_256_mib_each_way_socketpairs() {
+    integrity(CONNECT_NFS, Stdio2::Sockets, 256 * MIB, &[]);
+}
+
+#[test]
+fn read_write_fallback_64_mib_each_way() {
+    integrity(
+        TCP_BIND,
+        Stdio2::Sockets,
+        64 * MIB,
+        &[("QREXEC_CONNECT_RELAY", "copy")],
+    );
+}
+
+/// splice(2) refuses a file opened with O_APPEND (EINVAL): stdout appended
+/// to a file still gets every byte, through the read/write fallback.
+#[test]
+fn splice_einval_falls_back_to_read_write() {
+    let mut setup = Setup::new(UNIX);
+    let len = 8 * MIB + 5;
+    let server = serve(setup.take_listener(), move |mut conn| {
+        let sent = Stream::new(4, len).send(&mut conn).unwrap();
+        conn.shutdown_write();
+        sent
+    });
+    let out_path = setup.dir.path().join("appended");
+    fs::write(&out_path, b"").unwrap();
+    let out = fs::OpenOptions::new().append(true).open(&out_path).unwrap();
+    let trace = setup.dir.path().join("trace");
+    let mut cmd = match strace() {
+        Some(strace) => {
+            let mut cmd = Command::new(strace);
+            cmd.args(["-f", "-qq", "-e", "trace=splice", "-o"])
+                .arg(&trace)
+                .arg(applet_link(&setup.dir, UNIX))
+                .arg(&setup.argument);
+            cmd
+        }
+        None => setup.command(),
+    };
+    cmd.env_clear()
+        .env("QREXEC_SERVICE_ARGUMENT", &setup.argument)
+        .env("XDG_RUNTIME_DIR", setup.runtime_dir.as_ref().unwrap())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::piped());
+    let mut child = Killed(cmd.spawn().unwrap());
+    let mut err = child.0.stderr.take().unwrap();
+    let stderr = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_within(&mut child.0, DEADLINE);
+    let (_, sent) = server.join().unwrap();
+    assert_clean_exit(status, &stderr.join().unwrap());
+    let mut file = fs::File::open(&out_path).unwrap();
+    let (got_len, got) = digest_to_eof(&mut file);
+    assert_eq!((got_len, hex(&got)), (len, hex(&sent)));
+    if strace().is_some() {
+        let trace = fs::read_to_string(&trace).unwrap();
+        assert!(
+            trace.lines().any(|l| l.contains("= -1 EINVAL")),
+            "splice never failed with EINVAL, so the fallback was not exercised:\n{trace}"
+        );
+    }
+}
+
+#[test]
+fn peer_reset_ends_the_relay() {
+    let mut setup = Setup::new(TCP_BIND);
+    let server = serve(setup.take_listener(), |mut conn| {
+        let mut some = [0; 4096];
+        conn.read_exact(&mut some).unwrap();
+        conn.reset();
+    });
+    let mut service = Service::spawn(setup.command(), Stdio2::Sockets);
+    let mut input = service.input();
+    // Keeps sending until the service is gone (EPIPE).
+    let client = thread::spawn(move || Stream::new(5, 1 << 30).send(&mut input).is_err());
+    let mut output = service.output();
+    let reader = thread::spawn(move || digest_to_eof(&mut output));
+    server.join().unwrap();
+    let (status, stderr) = service.wait();
+    assert!(client.join().unwrap(), "the client could send 1 GiB");
+    reader.join().unwrap();
+    assert_eq!(status.signal(), None, "killed by a signal: {status}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = assert_one_line(&stderr, TCP_BIND);
+    assert!(
+        line.contains("reset by peer") || line.contains("Broken pipe"),
+        "{line}"
+    );
+}
+
+/// The caller closes its end of stdout: the relay ends with EPIPE, not with
+/// SIGPIPE.
+fn closed_stdout(stdio: Stdio2) {
+    let mut setup = Setup::new(UNIX);
+    let server = serve(setup.take_listener(), |mut conn| {
+        // Ends with an error once the service is gone.
+        let _ = Stream::new(6, 1 << 30).send(&mut conn);
+    });
+    let mut service = Service::spawn(setup.command(), stdio);
+    drop(service.output());
+    let (status, stderr) = service.wait();
+    server.join().unwrap();
+    assert_eq!(status.signal(), None, "killed by a signal: {status}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = assert_one_line(&stderr, UNIX);
+    assert!(
+        line.contains("stdout") && line.contains("Broken pipe"),
+        "{line}"
+    );
+}
+
+#[test]
+fn closed_stdout_pipe_is_epipe_not_sigpipe() {
+    closed_stdout(Stdio2::Pipes);
+}
+
+#[test]
+fn closed_stdout_socket_is_epipe() {
+    closed_stdout(Stdio2::Sockets);
+}
+
+// ---------------------------------------------------------------------------
+// Peers that are not there
+
+/// Runs a service that is not expected to relay anything (stdin empty);
+/// kills it at the deadline.
+fn run_to_end(mut cmd: Command) -> (ExitStatus, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = Killed(cmd.spawn().unwrap());
+    let mut out = child.0.stdout.take().unwrap();
+    let mut err = child.0.stderr.take().unwrap();
+    let stdout = thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let stderr = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = wait_within(&mut child.0, DEADLINE);
+    assert_eq!(
+        stdout.join().unwrap(),
+        b"",
+        "stdout carries relayed data only"
+    );
+    (status, stderr.join().unwrap())
+}
+
+/// A child killed by pid if the test ends before it does.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn missing_unix_socket_says_how_to_link_it() {
+    let dir = TempDir::new();
+    fs::create_dir_all(dir.path().join(UNIX)).unwrap();
+    let (status, stderr) = run_to_end(service_command(UNIX, "gpg-agent-ssh", Some(dir.path())));
+    assert_eq!(status.code(), Some(1));
+    let line = assert_one_line(&stderr, UNIX);
+    assert!(line.contains("'gpg-agent-ssh'"), "{line}");
+    assert!(
+        line.contains(&format!("{}/{UNIX}/", dir.path().display())),
+        "{line}"
+    );
+    assert!(
+        line.contains("Symlinks=%t/qubes.ConnectUnix/gpg-agent-ssh"),
+        "{line}"
+    );
+}
+
+#[test]
+fn dangling_link_is_a_missing_socket() {
+    let dir = TempDir::new();
+    fs::create_dir_all(dir.path().join(UNIX)).unwrap();
+    symlink(
+        dir.path().join("gone.sock"),
+        dir.path().join(UNIX).join("agent"),
+    )
+    .unwrap();
+    let (status, stderr) = run_to_end(service_command(UNIX, "agent", Some(dir.path())));
+    assert_eq!(status.code(), Some(1));
+    let line = assert_one_line(&stderr, UNIX);
+    assert!(
+        line.contains("no socket 'agent'") && line.contains("Symlinks="),
+        "{line}"
+    );
+}
+
+#[test]
+fn socket_without_listener_is_refused() {
+    let dir = TempDir::new();
+    fs::create_dir_all(dir.path().join(UNIX)).unwrap();
+    let path = dir.path().join(UNIX).join("agent");
+    drop(UnixListener::bind(&path).unwrap());
+    let (status, stderr) = run_to_end(service_command(UNIX, "agent", Some(dir.path())));
+    assert_eq!(status.code(), Some(1));
+    let line = assert_one_line(&stderr, UNIX);
+    assert!(line.contains("connection refused"), "{line}");
+    assert!(line.contains(&path.display().to_string()), "{line}");
+}
+
+#[test]
+fn without_xdg_runtime_dir_uses_run_user_uid() {
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    // A name nobody has linked, so the message shows where it was looked for.
+    let name = format!("qc-test-absent-{}", std::process::id());
+    let (status, stderr) = run_to_end(service_command(UNIX, &name, None));
+    assert_eq!(status.code(), Some(1));
+    let line = assert_one_line(&stderr, UNIX);
+    assert!(line.contains(&format!("/run/user/{uid}/{UNIX}/")), "{line}");
+}
+
+#[test]
+fn refused_tcp_port_names_it() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (status, stderr) = run_to_end(service_command(
+        TCP_BIND,
+        &format!("{port}-127.0.1.1"),
+        None,
+    ));
+    assert_eq!(status.code(), Some(1));
+    let line = assert_one_line(&stderr, TCP_BIND);
+    assert!(line.contains(&format!("TCP port {port}")), "{line}");
+    assert!(line.contains("127.0.1.1"), "{line}");
+}
+
+#[test]
+fn refused_nfs_port_names_the_nfs_server() {
+    let _port = nfs_port();
+    let (status, stderr) = run_to_end(service_command(CONNECT_NFS, "127.0.1.1", None));
+    assert_eq!(status.code(), Some(1));
+    let line = assert_one_line(&stderr, CONNECT_NFS);
+    assert!(
+        line.contains("TCP port 2049") && line.contains("NFS server"),
+        "{line}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Bad arguments: status 2, one line, and nothing touched
+
+/// strace, if installed: with it, the bad-argument tests prove that no
+/// file-system or network call was made. CI installs it.
+fn strace() -> Option<PathBuf> {
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("strace"))
+        .find(|p| p.is_file());
+    if found.is_none() && std::env::var_os("CI").is_some() {
+        panic!("strace is missing (apt-get install strace)");
+    }
+    found
+}
+
+/// A link named like the applet, so that strace can start it under that name.
+fn applet_link(dir: &TempDir, applet: &str) -> PathBuf {
+    let bin = dir.path().join("bin");
+    let _ = fs::create_dir(&bin);
+    let link = bin.join(applet);
+    if !link.exists() {
+        symlink(BIN, &link).unwrap();
+    }
+    link
+}
+
+/// Runs `applet` with a bad `argument` (in the environment and argv[1], as
+/// qrexec would) next to `traps`, listeners where a lax parser could lead.
+fn refuses(
+    applet: &'static str,
+    argument: &str,
+    argv: &[&str],
+    traps: &[Listener],
+    runtime: &Path,
+) {
+    let dir = TempDir::new();
+    let trace = dir.path().join("trace");
+    let traced = strace();
+    let mut cmd = match &traced {
+        Some(strace) => {
+            let mut cmd = Command::new(strace);
+            cmd.args(["-f", "-qq", "-e", "trace=%file,%network", "-o"])
+                .arg(&trace)
+                .arg(applet_link(&dir, applet));
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new(BIN);
+            cmd.arg0(applet);
+            cmd
+        }
+    };
+    cmd.args(argv)
+        .env_clear()
+        .env("QREXEC_SERVICE_ARGUMENT", argument)
+        .env("QREXEC_REMOTE_DOMAIN", REMOTE)
+        .env("XDG_RUNTIME_DIR", runtime);
+    let (status, stderr) = run_to_end(cmd);
+    assert_eq!(status.code(), Some(2), "{argument:?}: {stderr}");
+    assert_one_line(&stderr, applet);
+    for (i, trap) in traps.iter().enumerate() {
+        assert!(!trap.was_reached(), "{argument:?} reached trap {i}");
+    }
+    if traced.is_some() {
+        let trace = fs::read_to_string(&trace).unwrap();
+        let touched: Vec<&str> = trace
+            .lines()
+            .skip(1) // the execve of the applet itself
+            .filter(|line| !is_runtime_start_up(line))
+            .collect();
+        assert!(
+            touched.is_empty(),
+            "{argument:?}: file-system or network calls before the refusal:\n{}",
+            touched.join("\n")
+        );
+    }
+}
+
+/// What the static Rust runtime does at start-up, whatever the arguments:
+/// glibc reads /proc/self/exe, std reads /proc/self/maps for the stack guard.
+fn is_runtime_start_up(line: &str) -> bool {
+    // `PID  call(...) = result`, the pid padded to a width.
+    let Some(call) = line.split_once(' ').map(|(_, rest)| rest.trim_start()) else {
+        return false;
+    };
+    call.starts_with("readlink(\"/proc/self/exe\"")
+        || call.starts_with("openat(AT_FDCWD, \"/proc/self/maps\"")
+        || (call.starts_with("newfstatat(")
+            && call.contains(", \"\", ")
+            && call.contains("AT_EMPTY_PATH"))
+}
+
+/// A runtime directory whose allow-list holds a listening socket under each
+/// of `names`, and under `outside` relative to the runtime directory.
+fn unix_traps(dir: &TempDir, names: &[&str], outside: &[&str]) -> (PathBuf, Vec<Listener>) {
+    let runtime = dir.path().join("runtime");
+    let list = runtime.join(UNIX);
+    fs::create_dir_all(&list).unwrap();
+    let mut traps = Vec::new();
+    for name in names {
+        let path = list.join(name);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        traps.push(Listener::Unix(UnixListener::bind(path).unwrap()));
+    }
+    for name in outside {
+        traps.push(Listener::Unix(
+            UnixListener::bind(runtime.join(name)).unwrap(),
+        ));
+    }
+    (runtime, traps)
+}
+
+fn refuses_unix_name(argument: &str, trap_names: &[&str], outside: &[&str]) {
+    let dir = TempDir::new();
+    let (runtime, traps) = unix_traps(&dir, trap_names, outside);
+    let argv: Vec<&str> = [argument].into_iter().filter(|a| !a.is_empty()).collect();
+    refuses(UNIX, argument, &argv, &traps, &runtime);
+}
+
+#[test]
+fn unix_refuses_empty_name() {
+    refuses_unix_name("", &[], &[]);
+}
+
+#[test]
+fn unix_refuses_dot() {
+    refuses_unix_name(".", &[], &[]);
+}
+
+#[test]
+fn unix_refuses_dot_dot() {
+    refuses_unix_name("..", &[], &[]);
+}
+
+#[test]
+fn unix_refuses_hidden_name() {
+    refuses_unix_name(".hidden", &[".hidden"], &[]);
+}
+
+#[test]
+fn unix_refuses_parent_path() {
+    refuses_unix_name("../outside", &[], &["outside"]);
+}
+
+#[test]
+fn unix_refuses_slash() {
+    refuses_unix_name("sub/agent", &["sub/agent"], &[]);
+}
+
+#[test]
+fn unix_refuses_space() {
+    refuses_unix_name("an agent", &["an agent"], &[]);
+}
+
+#[test]
+fn unix_refuses_plus() {
+    refuses_unix_name("a+b", &["a+b"], &[]);
+}
+
+#[test]
+fn unix_refuses_character_qrexec_would_replace() {
+    refuses_unix_name("agent*", &["agent*"], &[]);
+}
+
+#[test]
+fn unix_refuses_non_ascii() {
+    refuses_unix_name("agént", &["agént"], &[]);
+}
+
+#[test]
+fn unix_refuses_newline() {
+    refuses_unix_name("agent\nx", &["agent\nx"], &[]);
+}
+
+#[test]
+fn unix_refuses_name_too_long_for_a_call() {
+    // "qubes.ConnectUnix+" and the name must fit qrexec's 63 bytes.
+    let long = "a".repeat(63 - "qubes.ConnectUnix+".len() + 1);
+    refuses_unix_name(&long, &[long.as_str()], &[]);
+}
+
+#[test]
+fn unix_refuses_argv_that_differs_from_the_environment() {
+    let dir = TempDir::new();
+    let (runtime, traps) = unix_traps(&dir, &["agent", "other"], &[]);
+    refuses(UNIX, "agent", &["other"], &traps, &runtime);
+}
+
+#[test]
+fn unix_refuses_argv_without_an_argument_in_the_environment() {
+    let dir = TempDir::new();
+    let (runtime, traps) = unix_traps(&dir, &["agent"], &[]);
+    refuses(UNIX, "", &["agent"], &traps, &runtime);
+}
+
+#[test]
+fn unix_refuses_a_second_argument() {
+    let dir = TempDir::new();
+    let (runtime, traps) = unix_traps(&dir, &["agent"], &[]);
+    refuses(UNIX, "agent", &["agent", "agent"], &traps, &runtime);
+}
+
+/// A TCP listener on 127.0.0.1 and its port: where a lax parser could lead.
+fn tcp_trap() -> (Listener, u16) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    (Listener::Tcp(l), port)
+}
+
+/// `argument(port)` with a trap listening on `port`.
+fn refuses_tcp_bind(argument: impl Fn(u16) -> String) {
+    let dir = TempDir::new();
+    let (trap, port) = tcp_trap();
+    let argument = argument(port);
+    let argv: Vec<&str> = [argument.as_str()]
+        .into_iter()
+        .filter(|a| !a.is_empty())
+        .collect();
+    refuses(TCP_BIND, &argument, &argv, &[trap], dir.path());
+}
+
+#[test]
+fn tcp_bind_refuses_empty_argument() {
+    refuses_tcp_bind(|_| String::new());
+}
+
+#[test]
+fn tcp_bind_refuses_port_without_bind_address() {
+    refuses_tcp_bind(|port| port.to_string());
+}
+
+#[test]
+fn tcp_bind_refuses_empty_port() {
+    refuses_tcp_bind(|_| "-127.0.1.1".into());
+}
+
+#[test]
+fn tcp_bind_refuses_port_zero() {
+    refuses_tcp_bind(|_| "0-127.0.1.1".into());
+}
+
+#[test]
+fn tcp_bind_refuses_port_above_65535() {
+    // Taken modulo 65536, it would be the trap's port.
+    refuses_tcp_bind(|port| format!("{}-127.0.1.1", port as u32 + 65536));
+}
+
+#[test]
+fn tcp_bind_refuses_leading_zero() {
+    refuses_tcp_bind(|port| format!("0{port}-127.0.1.1"));
+}
+
+#[test]
+fn tcp_bind_refuses_plus_sign() {
+    refuses_tcp_bind(|port| format!("+{port}-127.0.1.1"));
+}
+
+#[test]
+fn tcp_bind_refuses_empty_bind_address() {
+    refuses_tcp_bind(|port| format!("{port}-"));
+}
+
+#[test]
+fn tcp_bind_refuses_bind_address_outside_loopback() {
+    refuses_tcp_bind(|port| format!("{port}-10.0.0.1"));
+}
+
+#[test]
+fn tcp_bind_refuses_ipv6_bind_address() {
+    refuses_tcp_bind(|port| format!("{port}-::1"));
+}
+
+#[test]
+fn tcp_bind_refuses_broadcast_bind_address() {
+    refuses_tcp_bind(|port| format!("{port}-127.255.255.255"));
+}
+
+#[test]
+fn tcp_bind_refuses_short_form_bind_address() {
+    refuses_tcp_bind(|port| format!("{port}-127.1"));
+}
+
+#[test]
+fn tcp_bind_refuses_zero_padded_bind_address() {
+    refuses_tcp_bind(|port| format!("{port}-127.0.0.01"));
+}
+
+#[test]
+fn tcp_bind_refuses_trailing_words() {
+    refuses_tcp_bind(|port| format!("{port}-127.0.1.1-x"));
+}
+
+/// `argument` for qubes.ConnectNFS with a trap on port 2049.
+fn refuses_nfs(argument: &str) {
+    let _port = nfs_port();
+    let dir = TempDir::new();
+    let trap = Listener::Tcp(TcpListener::bind(("127.0.0.1", NFS)).unwrap());
+    let argv: Vec<&str> = [argument].into_iter().filter(|a| !a.is_empty()).collect();
+    refuses(CONNECT_NFS, argument, &argv, &[trap], dir.path());
+}
+
+#[test]
+fn nfs_refuses_empty_argument() {
+    refuses_nfs("");
+}
+
+#[test]
+fn nfs_refuses_address_outside_loopback() {
+    refuses_nfs("10.0.0.1");
+}
+
+#[test]
+fn nfs_refuses_ipv6() {
+    refuses_nfs("::1");
+}
+
+#[test]
+fn nfs_refuses_broadcast_address() {
+    refuses_nfs("127.255.255.255");
+}
+
+#[test]
+fn nfs_refuses_short_form_address() {
+    refuses_nfs("127.1");
+}
+
+#[test]
+fn nfs_refuses_address_as_one_number() {
+    // inet_aton(3) would read it as 127.0.1.1.
+    refuses_nfs("2130706689");
+}
+
+#[test]
+fn nfs_refuses_port_and_address() {
+    refuses_nfs("2049-127.0.1.1");
+}
+
+#[test]
+fn nfs_refuses_host_name() {
+    refuses_nfs("localhost");
+}
+
+// ---------------------------------------------------------------------------
+// The journal
+
+/// With a journal reachable, one line per connection goes there, with the
+/// applet as identifier; nothing goes to stderr. The journal socket is the
+/// test's own, mounted over /run in a private mount namespace (root only).
+#[test]
+fn one_journal_line_per_connection() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root for a private mount namespace");
+        return;
+    }
+    // A container without CAP_SYS_ADMIN cannot make one, even as root.
+    let probe = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: unshare --mount is not permitted here");
+        return;
+    }
+    let mut setup = Setup::new(UNIX);
+    let run = setup.dir.path().join("run");
+    fs::create_dir_all(run.join("systemd/journal")).unwrap();
+    let journal = UnixDatagram::bind(run.join("systemd/journal/socket")).unwrap();
+    let server = serve(setup.take_listener(), |mut conn| {
+        let (len, _) = digest_to_eof(&mut conn);
+        conn.write_all(b"0123456789").unwrap();
+        len
+    });
+    let link = applet_link(&setup.dir, UNIX);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /run && exec "$2" "$3""#)
+        .arg("sh")
+        .arg(&run)
+        .arg(&link)
+        .arg(&setup.argument)
+        .env("QREXEC_SERVICE_ARGUMENT", &setup.argument)
+        .env("QREXEC_REMOTE_DOMAIN", REMOTE)
+        .env("XDG_RUNTIME_DIR", setup.runtime_dir.as_ref().unwrap());
+    let mut service = Service::spawn(cmd, Stdio2::Sockets);
+    let mut input = service.input();
+    input.write_all(b"hello").unwrap();
+    input.close();
+    let mut answer = Vec::new();
+    service.output().read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, b"0123456789");
+    assert_eq!(server.join().unwrap().1, 5);
+    let (status, stderr) = service.wait();
+    assert_clean_exit(status, &stderr);
+
+    let mut entries = Vec::new();
+    journal.set_nonblocking(true).unwrap();
+    let mut buf = vec![0; 1 << 16];
+    while let Ok(n) = journal.recv(&mut buf) {
+        // The logger's empty probe when it connects carries nothing.
+        if n > 0 {
+            entries.push(journal_fields(&buf[..n]));
+        }
+    }
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    let field = |name: &str| {
+        entries[0]
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(field("SYSLOG_IDENTIFIER"), Some(UNIX));
+    assert_eq!(field("PRIORITY"), Some("5"), "info");
+    let message = field("MESSAGE").unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "connection from {REMOTE} to test-agent: 5 bytes sent, 10 received, "
+        )),
+        "{message}"
+    );
+    assert_eq!(field("QREXEC_REMOTE_DOMAIN"), Some(REMOTE));
+    assert_eq!(field("QREXEC_SERVICE_ARGUMENT"), Some("test-agent"));
+}
+
+/// Decodes a datagram of the journal's native protocol: `KEY=value\n`, or
+/// `KEY\n`, a little-endian u64 length, the value and `\n`.
+fn journal_fields(mut data: &[u8]) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    while !data.is_empty() {
+        let end = data.iter().position(|&b| b == b'\n').unwrap();
+        let line = &data[..end];
+        data = &data[end + 1..];
+        let (key, value) = match line.iter().position(|&b| b == b'=') {
+            Some(eq) => (&line[..eq], &line[eq + 1..]),
+            None => {
+                let len = u64::from_le_bytes(data[..8].try_into().unwrap()) as usize;
+                let value = &data[8..8 + len];
+                data = &data[8 + len + 1..];
+                (line, value)
+            }
+        };
+        fields.push((
+            String::from_utf8_lossy(key).into_owned(),
+            String::from_utf8_lossy(value).into_owned(),
+        ));
+    }
+    fields
+}
+
+#[test]
+fn help_only_when_started_by_hand() {
+    let out = Command::new(BIN)
+        .arg0(TCP_BIND)
+        .arg("--help")
+        .env_remove("QREXEC_SERVICE_ARGUMENT")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        help.starts_with("Usage: qubes.ConnectTCPBind PORT-BINDADDR"),
+        "{help}"
+    );
+    // From qrexec, `--help` is just a (bad) argument, never an option.
+    let dir = TempDir::new();
+    refuses(TCP_BIND, "--help", &["--help"], &[], dir.path());
+}
