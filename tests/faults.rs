@@ -461,3 +461,40 @@ fn broken_stderr_is_not_a_busy_loop() {
     assert!(writes < 100, "{writes} writes in a second: a busy loop");
     assert_eq!(exchange(), b"ping\n");
 }
+
+/// End to end through our own service applet: `qubes.ConnectUnix` in the
+/// vault finds no socket linked in its allow-list; its one line reaches the
+/// client qube's log on that connection, and once the socket is linked the
+/// next connection goes through.
+#[test]
+fn service_applet_socket_missing_end_to_end() {
+    use std::os::unix::fs::symlink;
+    let world = World::new();
+    let vault = world.qube("vault");
+    symlink(
+        world.applet("qubes.ConnectUnix"),
+        vault.dir().join("etc/qubes-rpc/qubes.ConnectUnix"),
+    )
+    .unwrap();
+    let runtime = common::TempDir::new("faults-runtime");
+    let allow_list = runtime.path().join("qubes.ConnectUnix");
+    fs::create_dir_all(&allow_list).unwrap();
+    vault.env("XDG_RUNTIME_DIR", &runtime.path().display().to_string());
+    world.policy("qubes.ConnectUnix +ssh-agent client vault allow\n");
+    let daemon = Activate::new(&world, Program::Applet("qrexec-connect-unix".into()))
+        .listen(Listen::Unix, "vault")
+        .args(["ssh-agent"])
+        .start();
+    assert_closed_without_data(&daemon);
+    let text = daemon.wait_stderr("(status 1");
+    assert!(
+        text.contains(
+            "-> vault qubes.ConnectUnix+ssh-agent: qubes.ConnectUnix: error: no socket 'ssh-agent'"
+        ),
+        "the service's one line, on the connection's log:\n{text}"
+    );
+    let socket = runtime.path().join("S.agent");
+    unix_echo(&socket);
+    symlink(&socket, allow_list.join("ssh-agent")).unwrap();
+    assert_serves(&daemon);
+}
