@@ -276,13 +276,11 @@ fn drain_timeout_ends_what_is_left() {
     wait_until("every process of the daemon's group to end", || {
         group_members(daemon.pid).is_empty()
     });
-    let statuses = finished_statuses(&world, 5);
-    // The stand-in ends by the signal, or, when its service ended by the
-    // forwarded SIGTERM first, with the service's status 128 + 15.
-    assert!(
-        statuses.iter().all(|s| s == "signal 15" || s == "exit 143"),
-        "the calls end by SIGTERM: {statuses:?}"
-    );
+    // Each call was ended: qrexec-client-vm killed by that SIGTERM (or by
+    // SIGKILL 2 s later on a very slow machine), or exiting 143 for its
+    // service killed by it, as the daemon logs. (The stand-in's own record
+    // of it can lose the race with its exit.)
+    assert_eq!(text.matches(" killed by SIG").count(), 5, "{text}");
     for mut c in conns {
         let mut rest = Vec::new();
         let _ = c.read_to_end(&mut rest);
@@ -462,4 +460,41 @@ fn broken_stderr_is_not_a_busy_loop() {
     let writes = write_calls(pid) - before;
     assert!(writes < 100, "{writes} writes in a second: a busy loop");
     assert_eq!(exchange(), b"ping\n");
+}
+
+/// End to end through our own service applet: `qubes.ConnectUnix` in the
+/// vault finds no socket linked in its allow-list; its one line reaches the
+/// client qube's log on that connection, and once the socket is linked the
+/// next connection goes through.
+#[test]
+fn service_applet_socket_missing_end_to_end() {
+    use std::os::unix::fs::symlink;
+    let world = World::new();
+    let vault = world.qube("vault");
+    symlink(
+        world.applet("qubes.ConnectUnix"),
+        vault.dir().join("etc/qubes-rpc/qubes.ConnectUnix"),
+    )
+    .unwrap();
+    let runtime = common::TempDir::new("faults-runtime");
+    let allow_list = runtime.path().join("qubes.ConnectUnix");
+    fs::create_dir_all(&allow_list).unwrap();
+    vault.env("XDG_RUNTIME_DIR", &runtime.path().display().to_string());
+    world.policy("qubes.ConnectUnix +ssh-agent client vault allow\n");
+    let daemon = Activate::new(&world, Program::Applet("qrexec-connect-unix".into()))
+        .listen(Listen::Unix, "vault")
+        .args(["ssh-agent"])
+        .start();
+    assert_closed_without_data(&daemon);
+    let text = daemon.wait_stderr("(status 1");
+    assert!(
+        text.contains(
+            "-> vault qubes.ConnectUnix+ssh-agent: qubes.ConnectUnix: error: no socket 'ssh-agent'"
+        ),
+        "the service's one line, on the connection's log:\n{text}"
+    );
+    let socket = runtime.path().join("S.agent");
+    unix_echo(&socket);
+    symlink(&socket, allow_list.join("ssh-agent")).unwrap();
+    assert_serves(&daemon);
 }

@@ -318,22 +318,24 @@ fn sorted(mut v: Vec<[u8; 32]>) -> Vec<[u8; 32]> {
     v
 }
 
-impl Held {
-    /// No connection open: no child, and no pidfd (each connection has one,
-    /// closed with its stderr pipe when it is released).
-    fn idle(&self) -> bool {
-        self.children.is_empty() && !self.fds.values().any(|t| t.contains("pidfd"))
-    }
-}
-
 /// Warms the daemon up (its first connection starts it), then reads what it
 /// holds and its RSS. Returns the sha256 of what the warm-up sent too.
 fn warm_up(daemon: &Daemon, n: usize) -> (Held, u64, Vec<[u8; 32]>) {
     let sent = (0..n)
         .map(|i| round_trip(daemon.connect(0), &payload(usize::MAX - i, 1000)))
         .collect();
-    wait_until("the warm-up connections to end", || held(daemon.pid).idle());
-    (held(daemon.pid), rss_kib(daemon.pid), sent)
+    // Every connection logged its end and no child is left; a connection's
+    // stderr pipe closes just after its line, so the same fds twice in a
+    // row (a poll apart) is the idle state.
+    let mut last = held(daemon.pid);
+    wait_until("the warm-up connections to end", || {
+        let now = held(daemon.pid);
+        let done = daemon.stderr().matches(": done after").count() >= n;
+        let stable = done && now.children.is_empty() && now == last;
+        last = now;
+        stable
+    });
+    (last, rss_kib(daemon.pid), sent)
 }
 
 #[test]
