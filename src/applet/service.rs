@@ -71,7 +71,7 @@ impl Destination {
                 port: Port::parse(&NFS_PORT.to_string())?,
                 bind: LoopbackAddr::parse(argument)?,
             }),
-            _ => Err(format!("{applet} is not a service applet")),
+            _ => Err(format!("{} is not a service applet", applet.escape_debug())),
         }
     }
 
