@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 
 use proptest::prelude::*;
 use qrexec_connect::activation::{self, MAX_FDS};
+use qrexec_connect::applet::service::{Destination, call_argument};
 use qrexec_connect::argument::{LoopbackAddr, MAX_SOCKET_NAME, Port, SocketName, TcpBind};
 use qrexec_connect::call::{Call, FdName, MAX_FIELD, MAX_QUBE_NAME, Target};
 
@@ -338,6 +339,66 @@ proptest! {
     fn socket_name_accepts_valid_names(s in "[A-Za-z0-9_-][A-Za-z0-9_.-]{0,44}") {
         let n = SocketName::parse(&s).unwrap();
         prop_assert_eq!(n.to_string(), s);
+    }
+
+    #[test]
+    fn service_destination_is_what_the_call_names(
+        applet in prop_oneof![
+            Just("qubes.ConnectUnix".to_owned()),
+            Just("qubes.ConnectTCPBind".to_owned()),
+            Just("qubes.ConnectNFS".to_owned()),
+            hostile(),
+        ],
+        argument in prop_oneof![hostile(), "[0-9]{1,5}-127\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}"],
+    ) {
+        match Destination::parse(&applet, &argument) {
+            Ok(destination) => {
+                // Only what a qrexec call to this service can carry.
+                check_call(&Call::new(&applet, Some(&argument)).unwrap())?;
+                match destination {
+                    Destination::Unix(name) => {
+                        prop_assert_eq!(applet.as_str(), "qubes.ConnectUnix");
+                        prop_assert_eq!(name.as_str(), argument.as_str());
+                    }
+                    Destination::Tcp { port, bind } => {
+                        prop_assert!(bind.get().is_loopback());
+                        prop_assert!(bind.get().octets() != BROADCAST);
+                        match applet.as_str() {
+                            "qubes.ConnectNFS" => {
+                                prop_assert_eq!(port.get(), 2049);
+                                prop_assert_eq!(bind.to_string(), argument);
+                            }
+                            "qubes.ConnectTCPBind" => {
+                                prop_assert_eq!(format!("{port}-{bind}"), argument);
+                            }
+                            other => prop_assert!(false, "{other} gave a TCP destination"),
+                        }
+                    }
+                }
+            }
+            Err(e) => one_line(&e)?,
+        }
+    }
+
+    #[test]
+    fn service_argument_comes_from_the_environment(
+        args in proptest::collection::vec(hostile(), 0..3),
+        env in proptest::option::of(hostile()),
+    ) {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        match call_argument(&argv, env.clone().map(Into::into)) {
+            Ok(argument) => {
+                prop_assert!(argv.len() <= 1);
+                match &env {
+                    Some(env) => {
+                        prop_assert_eq!(&argument, env);
+                        prop_assert!(argv.first().is_none_or(|a| a == env));
+                    }
+                    None => prop_assert_eq!(argument.as_str(), argv.first().copied().unwrap_or("")),
+                }
+            }
+            Err(e) => one_line(&e)?,
+        }
     }
 
     #[test]

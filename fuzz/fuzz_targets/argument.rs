@@ -1,10 +1,12 @@
 //! The positional arguments of the client applets and the arguments of the
-//! services: Port, LoopbackAddr, TcpBind, SocketName. Never a panic; each
-//! accepts only its one canonical spelling, and each accepted value makes a
-//! call that qrexec carries unchanged.
+//! services: Port, LoopbackAddr, TcpBind, SocketName, and the service
+//! applets' Destination and call_argument. Never a panic; each accepts only
+//! its one canonical spelling, and each accepted value makes a call that
+//! qrexec carries unchanged.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use qrexec_connect::applet::service::{Destination, call_argument};
 use qrexec_connect::argument::{LoopbackAddr, Port, SocketName, TcpBind};
 use qrexec_connect::call::Call;
 
@@ -52,6 +54,27 @@ fuzz_target!(|data: &[u8]| {
             assert!(!s.starts_with('.') && !s.contains('/'));
             call_for("qubes.ConnectUnix", s);
         }
+        Err(e) => one_line(&e),
+    }
+    for applet in [
+        "qubes.ConnectUnix",
+        "qubes.ConnectTCPBind",
+        "qubes.ConnectNFS",
+    ] {
+        match Destination::parse(applet, s) {
+            Ok(_) => call_for(applet, s),
+            Err(e) => one_line(&e),
+        }
+    }
+    // QREXEC_SERVICE_ARGUMENT ("\x01": unset), then argv, NUL-separated.
+    let mut parts = s.split('\0');
+    let env = parts.next().filter(|e| *e != "\u{1}");
+    let argv: Vec<&str> = parts.collect();
+    match call_argument(&argv, env.map(Into::into)) {
+        Ok(argument) => match env {
+            Some(env) => assert_eq!(argument, env),
+            None => assert_eq!(argument, argv.first().copied().unwrap_or("")),
+        },
         Err(e) => one_line(&e),
     }
 });

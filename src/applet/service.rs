@@ -71,7 +71,7 @@ impl Destination {
                 port: Port::parse(&NFS_PORT.to_string())?,
                 bind: LoopbackAddr::parse(argument)?,
             }),
-            _ => Err(format!("{applet} is not a service applet")),
+            _ => Err(format!("{} is not a service applet", applet.escape_debug())),
         }
     }
 
@@ -110,7 +110,9 @@ pub fn call_argument(args: &[&str], env: Option<OsString>) -> std::result::Resul
         .map_err(|bad| format!("QREXEC_SERVICE_ARGUMENT {bad:?} is not valid UTF-8"))?;
     match args.first() {
         Some(&arg) if arg != env => Err(format!(
-            "argument '{arg}' differs from QREXEC_SERVICE_ARGUMENT '{env}'"
+            "argument '{}' differs from QREXEC_SERVICE_ARGUMENT '{}'",
+            arg.escape_debug(),
+            env.escape_debug()
         )),
         _ => Ok(env),
     }
@@ -309,6 +311,9 @@ mod tests {
         assert!(call_argument(&["a"], env("")).is_err());
         assert!(call_argument(&["a", "b"], env("a")).is_err());
         assert!(call_argument(&["a", "b"], None).is_err());
+        // A refusal is one line, whatever the two values hold.
+        let e = call_argument(&["a\nb"], env("a\rb")).unwrap_err();
+        assert!(!e.chars().any(char::is_control), "{e:?}");
         use std::os::unix::ffi::OsStringExt;
         assert!(call_argument(&[], Some(OsString::from_vec(vec![0xff]))).is_err());
     }
