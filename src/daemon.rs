@@ -32,6 +32,8 @@ const FIRST_CONNECTION: usize = 1 << 20;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long children get between SIGTERM and SIGKILL once draining timed out.
 const KILL_GRACE: Duration = Duration::from_secs(2);
+/// Slots reserved at start-up at most (64 bytes each; untouched pages cost nothing).
+const MAX_RESERVED_SLOTS: usize = 1 << 16;
 /// STATUS= goes to the manager at most this often.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -179,6 +181,8 @@ struct Context {
     accepting: bool,
     /// Accepting pauses until then after running out of fds or memory.
     backoff_until: Option<Instant>,
+    /// Back-offs since the last accepted connection, to log a shortage once.
+    backoffs: u32,
     phase: Phase,
     /// When the last connection ended (or start-up), for --exit-idle-time.
     idle_since: Instant,
@@ -216,7 +220,9 @@ pub fn run(
         poll,
         signals,
         listeners,
-        slots: Vec::new(),
+        // Reserved once: growing by doubling would leave the freed smaller
+        // copies resident, which is most of what 1,000 connections cost.
+        slots: Vec::with_capacity(options.max_connections.min(MAX_RESERVED_SLOTS)),
         free: Vec::new(),
         active: 0,
         client,
@@ -225,6 +231,7 @@ pub fn run(
         counters: Counters::default(),
         accepting: false,
         backoff_until: None,
+        backoffs: 0,
         phase: Phase::Serving,
         idle_since: now,
         status_due: None,
@@ -393,13 +400,32 @@ impl Context {
         while self.accepting {
             let accepted = socket::accept(self.listeners[index].fd.as_fd());
             match accepted {
-                Ok((fd, addr)) => self.start(index, fd, addr),
+                Ok((fd, addr)) => {
+                    if self.backoffs > 0 {
+                        info!(
+                            "accepting again after {} pauses of {} ms",
+                            self.backoffs,
+                            ACCEPT_BACKOFF.as_millis()
+                        );
+                        self.backoffs = 0;
+                    }
+                    self.start(index, fd, addr)
+                }
                 Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => return,
                     Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO) => continue,
                     Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                        warn!(
-                            "cannot accept on {}: {e}; pausing for {} ms",
+                        // Once per shortage, not once per back-off: a long
+                        // one would flood the journal ten lines a second.
+                        let level = if self.backoffs == 0 {
+                            log::Level::Warn
+                        } else {
+                            log::Level::Debug
+                        };
+                        self.backoffs += 1;
+                        log::log!(
+                            level,
+                            "cannot accept on {}: {e}; pausing for {} ms at a time until it can",
                             self.listeners[index].addr,
                             ACCEPT_BACKOFF.as_millis()
                         );

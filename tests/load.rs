@@ -488,7 +488,8 @@ fn max_connections_limits_children() {
 fn accept_backs_off_when_out_of_fds() {
     let echo = Echo::start(0);
     let world = echo_world(&echo);
-    let daemon = start_daemon(&world, &[]);
+    // -v: every back-off is logged (at debug; the shortage once as a warning).
+    let daemon = start_daemon(&world, &["-v"]);
     let (before, _, _) = warm_up(&daemon, 1);
     let original = nofile_of(daemon.pid);
     // The lowest free fd number is the limit: the next fd cannot be had.
@@ -529,6 +530,17 @@ fn accept_backs_off_when_out_of_fds() {
     assert!(!waiting.is_finished(), "served without an fd?");
     set_nofile(daemon.pid, original.0, original.1);
     waiting.join().expect("the waiting connection is served");
+    let text = daemon.stderr();
+    assert_eq!(
+        text.matches(&format!(
+            "warning: cannot accept on {}",
+            daemon.address(0).shown()
+        ))
+        .count(),
+        1,
+        "one warning per shortage:\n{text}"
+    );
+    assert!(text.contains("accepting again after"), "{text}");
     let after = settled(&daemon, &before);
     assert_eq!(after, before);
 }

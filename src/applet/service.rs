@@ -205,6 +205,7 @@ pub fn run(name: &'static str, args: &[&str]) -> Result<u8> {
     let stdin = stdio(0)?;
     let stdout = stdio(1)?;
     let started = Instant::now();
+    crate::sys::single_malloc_arena();
     let (totals, result) = relay::run(
         End::new(stdin, "stdin"),
         End::new(stdout, "stdout"),
