@@ -170,6 +170,8 @@ struct Context {
     poll: Poll,
     signals: SignalPipe,
     listeners: Vec<Listener>,
+    /// One prepared qrexec-client-vm command per listener.
+    commands: Vec<std::process::Command>,
     slots: Vec<Option<Connection>>,
     free: Vec<u32>,
     active: usize,
@@ -219,6 +221,10 @@ pub fn run(
     let mut cx = Context {
         poll,
         signals,
+        commands: listeners
+            .iter()
+            .map(|l| client.command(&l.target, &l.call))
+            .collect(),
         listeners,
         // Reserved once: growing by doubling would leave the freed smaller
         // copies resident, which is most of what 1,000 connections cost.
@@ -454,8 +460,8 @@ impl Context {
     /// Spawns qrexec-client-vm for a new connection.
     fn start(&mut self, index: usize, fd: OwnedFd, addr: SockAddr) {
         let peer = Peer::of(&fd, addr);
+        let spawned = crate::qrexec::spawn(&mut self.commands[index], fd);
         let listener = &self.listeners[index];
-        let spawned = self.client.spawn(fd, &listener.target, &listener.call);
         let spawned = match spawned {
             Ok(ok) => ok,
             Err(e) => {

@@ -91,27 +91,39 @@ impl Client {
         args
     }
 
-    /// Starts qrexec-client-vm with `connection` as its stdin and stdout and a
-    /// new pipe as its stderr. Our copy of the connection is closed on return.
-    pub fn spawn(&self, connection: OwnedFd, target: &Target, call: &Call) -> io::Result<Spawned> {
-        let stdin = connection.try_clone()?;
+    /// The command for one route, built once and spawned for each of its
+    /// connections: every spawn then allocates little (the argument strings
+    /// are made once), which keeps the heap still however many run.
+    pub fn command(&self, target: &Target, call: &Call) -> Command {
         let mut command = Command::new(&self.path);
+        command.args(self.args(target, call)).stderr(Stdio::piped());
         command
-            .args(self.args(target, call))
-            .stdin(Stdio::from(stdin))
-            .stdout(Stdio::from(connection))
-            .stderr(Stdio::piped());
-        let mut child = command.spawn()?;
-        // The command holds our copies of the connection until dropped.
-        drop(command);
-        let stderr = child.stderr.take().expect("stderr was requested as a pipe");
-        // Dropping `child` neither waits nor kills: the daemon reaps it when
-        // its pidfd says it ended.
-        Ok(Spawned {
-            pid: child.id(),
-            stderr: stderr.into(),
-        })
     }
+
+    /// Starts qrexec-client-vm for one connection.
+    pub fn spawn(&self, connection: OwnedFd, target: &Target, call: &Call) -> io::Result<Spawned> {
+        spawn(&mut self.command(target, call), connection)
+    }
+}
+
+/// Starts `command` with `connection` as its stdin and stdout and a new pipe
+/// as its stderr. Our copies of the connection are closed on return.
+pub fn spawn(command: &mut Command, connection: OwnedFd) -> io::Result<Spawned> {
+    let stdin = connection.try_clone()?;
+    command
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(connection));
+    let spawned = command.spawn();
+    // The command would otherwise keep the connection open until its next
+    // spawn; null is only opened by a spawn.
+    command.stdin(Stdio::null()).stdout(Stdio::null());
+    let mut child = spawned?;
+    let stderr = child.stderr.take().expect("stderr was requested as a pipe");
+    // Dropping `child` neither waits nor kills: the daemon reaps it.
+    Ok(Spawned {
+        pid: child.id(),
+        stderr: stderr.into(),
+    })
 }
 
 /// What an exit status of qrexec-client-vm means, in words, for the log.
