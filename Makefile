@@ -33,7 +33,7 @@ SERVICE_LINKS := $(notdir $(wildcard links/qubes-rpc/*))
 UNITS := $(patsubst units/%,%,$(wildcard units/*.socket units/*.service units/*.d/*.conf))
 DROPIN_DIRS := $(patsubst units/%,%,$(wildcard units/*.d))
 
-.PHONY: all test demo bench install install-client install-service install-binary uninstall
+.PHONY: all test demo bench install install-client install-service install-connectnfs install-binary uninstall
 all:
 	$(CARGO) build --release
 
@@ -60,6 +60,10 @@ install-client: install-binary
 		chmod 0644 $(DESTDIR)$(USERUNITDIR)/$$unit.tmp && \
 		mv -f $(DESTDIR)$(USERUNITDIR)/$$unit.tmp $(DESTDIR)$(USERUNITDIR)/$$unit || exit 1; \
 	done
+
+# The predecessor's name for installing qubes.ConnectNFS (seed 001's README);
+# it installs the whole service side, qubes.ConnectNFS included.
+install-connectnfs: install-service
 
 install-service: install-binary
 	$(INSTALL) -d $(DESTDIR)$(QREXECDIR)

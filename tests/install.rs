@@ -271,6 +271,14 @@ fn install_one_side() {
         &service.0,
         &layout("usr/local", "usr/local/etc/qubes-rpc", false, true),
     );
+
+    // Seed 001's README installs qubes.ConnectNFS with this target.
+    let nfs = Scratch::new();
+    make(&nfs.0, &["install-connectnfs"]);
+    assert_layout(
+        &nfs.0,
+        &layout("usr/local", "usr/local/etc/qubes-rpc", false, true),
+    );
 }
 
 #[test]
