@@ -217,6 +217,11 @@ pub fn run(
             Interest::READABLE,
         )
         .context(|| "watch signals".into())?;
+    // Only now that SIGTERM is handled: a manager that sees these lines may
+    // stop us at once, and must get a clean exit.
+    for l in &listeners {
+        info!(target: "listener", "{} -> {} {}", l.addr, l.target, l.call);
+    }
     let now = Instant::now();
     let mut cx = Context {
         poll,

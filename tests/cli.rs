@@ -132,7 +132,7 @@ fn bad_fd_names_exit_2_before_qrexec_mangles_them() {
             .args(["1234"])
             .start();
         // systemd-socket-activate starts it at the first connection.
-        let _ = daemon.connect(0);
+        daemon.address(0).poke();
         assert_eq!(daemon.wait_exit().code(), Some(2), "{bad}");
         let text = daemon.stderr();
         let Address::Inet(addr) = daemon.address(1) else {
@@ -173,7 +173,7 @@ fn bad_fd_names_exit_2_before_qrexec_mangles_them() {
             .listen(Listen::Unix, bad)
             .args(["1234"])
             .start();
-        let _ = daemon.connect(0);
+        daemon.address(0).poke();
         assert_eq!(daemon.wait_exit().code(), Some(2), "{bad}");
         let text = daemon.stderr();
         assert!(text.contains(why), "{bad}:\n{text}");
@@ -219,4 +219,46 @@ fn statically_linked() {
         let kind = String::from_utf8_lossy(&out.stdout);
         assert!(kind.contains("static-pie linked"), "{kind}");
     }
+}
+
+/// An AF_VSOCK listener (seed 003's transport) is taken and named at
+/// start-up. Only listened on: nothing on this machine may be connected to
+/// over VSOCK. python3 makes the socket because systemd-socket-activate would
+/// start us only at a first connection.
+#[test]
+fn vsock_listener_is_served() {
+    use std::io::{BufRead, BufReader};
+    if !std::path::Path::new("/dev/vsock").exists() {
+        eprintln!("SKIPPED: no /dev/vsock here");
+        return;
+    }
+    let script = "import socket, os, sys\n\
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)\n\
+        s.bind((socket.VMADDR_CID_ANY, socket.VMADDR_PORT_ANY))\n\
+        s.listen()\n\
+        os.dup2(s.fileno(), 3)\n\
+        os.set_inheritable(3, True)\n\
+        os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1', LISTEN_FDNAMES='work')\n\
+        os.execv(sys.argv[1], ['qrexec-connect-tcp', '22', '--stdin-socket', 'yes'])\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .arg(binary())
+        .env("QREXEC_CLIENT_VM", standin())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("a line").unwrap();
+    assert!(
+        first.starts_with("qrexec-connect-tcp: vsock:4294967295:")
+            && first.ends_with(" -> work qubes.ConnectTCP+22"),
+        "{first}"
+    );
+    // SIGTERM, as systemd stops it: drained (nothing open) and exit 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }

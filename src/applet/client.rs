@@ -247,9 +247,6 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
         let connection = listeners.into_iter().next().expect("one socket passed");
         return daemon::serve_one(connection, &client, &notifier);
     }
-    for l in &listeners {
-        info!(target: "listener", "{} -> {} {}", l.addr, l.target, l.call);
-    }
     let max_connections = fit_fd_limit(args.max_connections, listeners.len());
     daemon::run(
         listeners,

@@ -354,6 +354,21 @@ impl Address {
         self.arg()
     }
 
+    /// Connects only to make systemd-socket-activate start its program,
+    /// which may refuse to run and close the socket, resetting this
+    /// connection before or after it is made: the outcome does not matter.
+    pub fn poke(&self) {
+        let _ = match self {
+            Address::Inet(a) => TcpStream::connect(a).map(drop),
+            Address::Unix(p) => UnixStream::connect(p).map(drop),
+            Address::Abstract(name) => {
+                std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                    .and_then(|a| UnixStream::connect_addr(&a))
+                    .map(drop)
+            }
+        };
+    }
+
     pub fn connect(&self) -> Conn {
         let conn = match self {
             Address::Inet(a) => TcpStream::connect(a).map(Conn::Tcp),
