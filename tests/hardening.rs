@@ -10,10 +10,9 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::fs::chown;
 use std::path::Path;
-use std::process::Command;
 
 use common::user_manager::UserManager;
-use common::{DEADLINE, TempDir, World, binary, wait_for};
+use common::{DEADLINE, TempDir, World, make_install, wait_for};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -67,16 +66,7 @@ fn status_field(pid: u32, name: &str) -> String {
 #[test]
 fn the_daemon_and_qrexec_client_vm_run_confined() {
     let stage = TempDir::new("hardening-stage");
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(REPO)
-        .arg("--no-print-directory")
-        .arg(format!("DESTDIR={}", stage.path().display()))
-        .arg(format!("BINARY={}", binary().display()))
-        .arg("install")
-        .output()
-        .expect("run make");
-    assert!(out.status.success(), "make install: {out:?}");
+    make_install(stage.path());
     let world = World::new();
     world
         .qube("work")

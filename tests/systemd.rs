@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::{fs, thread};
 
 use common::user_manager::UserManager;
-use common::{DEADLINE as WAIT, TempDir, World, binary};
+use common::{DEADLINE as WAIT, TempDir, World, binary, make_install};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// The client qube's name, as in policy-examples/.
@@ -69,16 +69,7 @@ struct Lab {
 impl Lab {
     fn start() -> Option<Lab> {
         let stage = TempDir::new("stage");
-        let out = Command::new("make")
-            .arg("-C")
-            .arg(REPO)
-            .arg("--no-print-directory")
-            .arg(format!("DESTDIR={}", stage.path().display()))
-            .arg(format!("BINARY={}", binary().display()))
-            .arg("install")
-            .output()
-            .expect("run make");
-        assert!(out.status.success(), "make install: {out:?}");
+        make_install(stage.path());
         let world = World::new();
         world.policy("");
         let mut setup = UserManager::setup()

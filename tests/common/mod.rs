@@ -33,6 +33,21 @@ pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_qrexec-connect"))
 }
 
+/// `make install DESTDIR=destdir` of the binary under test (units, links and
+/// all, as a user installs them), for tests that run the installed files.
+pub fn make_install(destdir: &Path) {
+    let out = std::process::Command::new("make")
+        .arg("-C")
+        .arg(env!("CARGO_MANIFEST_DIR"))
+        .arg("--no-print-directory")
+        .arg(format!("DESTDIR={}", destdir.display()))
+        .arg(format!("BINARY={}", binary().display()))
+        .arg("install")
+        .output()
+        .expect("run make");
+    assert!(out.status.success(), "make install: {out:?}");
+}
+
 /// The qrexec-client-vm stand-in, built once per test binary. It is a
 /// workspace member of its own, so `cargo test` of this package does not
 /// build it: cargo is asked to, and it lands next to our binary.
