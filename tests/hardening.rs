@@ -75,7 +75,7 @@ fn the_daemon_and_qrexec_client_vm_run_confined() {
     let mut setup = UserManager::setup()
         .bind(stage.path().join("usr/local"), "/usr/local")
         .env("QREXEC_STANDIN_SOURCE", "dev");
-    for (key, value) in world.env() {
+    for (key, value) in world.env_for_other_user() {
         setup = setup.env(&key, value);
     }
     let Some(m) = setup.start() else { return };

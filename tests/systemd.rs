@@ -19,27 +19,11 @@ use std::thread::JoinHandle;
 use std::{fs, thread};
 
 use common::user_manager::UserManager;
-use common::{DEADLINE as WAIT, TempDir, World, binary, make_install};
+use common::{DEADLINE as WAIT, TempDir, World, make_install};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// The client qube's name, as in policy-examples/.
 const CLIENT: &str = "dev";
-
-/// Whether the binary has the service applet `name`; says so loudly when
-/// not, for the tests that need one on the service side.
-fn has_applet(name: &str) -> bool {
-    let out = Command::new(binary())
-        .arg("--list")
-        .output()
-        .expect("run --list");
-    let listed = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|line| line.split_whitespace().next() == Some(name));
-    if !listed {
-        eprintln!("\n*** SKIPPED: qrexec-connect has no {name} applet to serve this test ***\n");
-    }
-    listed
-}
 
 /// A loopback address no other test of this process uses (and, by the pid
 /// in it, most likely no other process either).
@@ -75,7 +59,7 @@ impl Lab {
         let mut setup = UserManager::setup()
             .bind(stage.path().join("usr/local"), "/usr/local")
             .env("QREXEC_STANDIN_SOURCE", CLIENT);
-        for (key, value) in world.env() {
+        for (key, value) in world.env_for_other_user() {
             setup = setup.env(&key, value);
         }
         let manager = setup.start()?;
@@ -653,9 +637,6 @@ done
 /// there lists that key. (One manager plays both qubes.)
 #[test]
 fn seed_000_split_ssh() {
-    if !has_applet("qubes.ConnectUnix") {
-        return;
-    }
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
     let user = m.user();
@@ -795,9 +776,6 @@ impl Drop for PeerReporter {
 /// qubes.ConnectNFS, fixed to 2049, is left to the service applets' tests.)
 #[test]
 fn nfs_with_a_bind_address_per_client() {
-    if !has_applet("qubes.ConnectTCPBind") {
-        return;
-    }
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
     let nfs = PeerReporter::start("127.0.0.1:0");

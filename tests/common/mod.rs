@@ -187,6 +187,21 @@ impl World {
         ]
     }
 
+    /// `env()` for a world whose calls come from another user (the systemd
+    /// user manager's test user): the stand-in is copied into the world,
+    /// because the build directory may sit below a directory only root can
+    /// enter (a clone in `mktemp -d`, mode 0700).
+    pub fn env_for_other_user(&self) -> Vec<(String, OsString)> {
+        let bin = self.root().join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        let copy = bin.join("qrexec-client-vm");
+        fs::copy(standin(), &copy).unwrap();
+        vec![
+            ("QREXEC_STANDIN_ROOT".into(), self.root().into()),
+            ("QREXEC_CLIENT_VM".into(), copy.into()),
+        ]
+    }
+
     /// Every run of the stand-in, in no particular order.
     pub fn records(&self) -> Vec<Record> {
         let Ok(dir) = fs::read_dir(self.root().join("calls")) else {
