@@ -23,6 +23,7 @@ use crate::notify::Notifier;
 use crate::qrexec::{Client, Outcome};
 use crate::sys::process::{self, Exit, SignalPipe, signal_name};
 use crate::sys::socket::{self, SockAddr};
+use crate::sys::spawn::Program;
 
 /// Listener `i` has token `i`; connection slot `k` has `FIRST_CONNECTION + k`
 /// for its stderr.
@@ -34,6 +35,8 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Slots reserved at start-up at most (64 bytes each; untouched pages cost nothing).
 const MAX_RESERVED_SLOTS: usize = 1 << 16;
+/// Signals read at once from the self-pipe.
+const SIGNAL_BATCH: usize = 64;
 /// STATUS= goes to the manager at most this often.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -170,8 +173,8 @@ struct Context {
     poll: Poll,
     signals: SignalPipe,
     listeners: Vec<Listener>,
-    /// One prepared qrexec-client-vm command per listener.
-    commands: Vec<std::process::Command>,
+    /// One prepared qrexec-client-vm command line per listener.
+    programs: Vec<Program>,
     slots: Vec<Option<Connection>>,
     free: Vec<u32>,
     active: usize,
@@ -222,14 +225,16 @@ pub fn run(
     for l in &listeners {
         info!(target: "listener", "{} -> {} {}", l.addr, l.target, l.call);
     }
+    let programs = listeners
+        .iter()
+        .map(|l| client.program(&l.target, &l.call))
+        .collect::<io::Result<Vec<_>>>()
+        .context(|| format!("prepare {}", client.path.display()))?;
     let now = Instant::now();
     let mut cx = Context {
         poll,
         signals,
-        commands: listeners
-            .iter()
-            .map(|l| client.command(&l.target, &l.call))
-            .collect(),
+        programs,
         listeners,
         // Reserved once: growing by doubling would leave the freed smaller
         // copies resident, which is most of what 1,000 connections cost.
@@ -465,7 +470,7 @@ impl Context {
     /// Spawns qrexec-client-vm for a new connection.
     fn start(&mut self, index: usize, fd: OwnedFd, addr: SockAddr) {
         let peer = Peer::of(&fd, addr);
-        let spawned = crate::qrexec::spawn(&mut self.commands[index], fd);
+        let spawned = crate::qrexec::spawn(&self.programs[index], fd, true);
         let listener = &self.listeners[index];
         let spawned = match spawned {
             Ok(ok) => ok,
@@ -499,13 +504,11 @@ impl Context {
                 self.slots.len() - 1
             }
         };
-        let registered = crate::sys::set_nonblocking(spawned.stderr.as_fd(), true).and_then(|()| {
-            self.poll.registry().register(
-                &mut SourceFd(&spawned.stderr.as_raw_fd()),
-                Token(FIRST_CONNECTION + slot),
-                Interest::READABLE,
-            )
-        });
+        let registered = self.poll.registry().register(
+            &mut SourceFd(&spawned.stderr.as_raw_fd()),
+            Token(FIRST_CONNECTION + slot),
+            Interest::READABLE,
+        );
         // Without its stderr watched the connection still works; its child's
         // lines are read when it ends.
         if let Err(e) = registered {
@@ -607,22 +610,36 @@ impl Context {
     }
 
     fn on_signals(&mut self) {
+        // Each signal is a byte; one read takes all that are pending.
+        let mut buf = [0u8; SIGNAL_BATCH];
         loop {
-            match self.signals.read() {
-                Ok(Some(libc::SIGCHLD)) => self.reap(),
-                Ok(Some(sig @ (libc::SIGTERM | libc::SIGINT))) => self.start_draining(sig),
-                // Logging to a broken stderr raises SIGPIPE again: logging
-                // every one would chase our own signal forever.
-                Ok(Some(libc::SIGPIPE)) if self.sigpipe_logged => {}
-                Ok(Some(sig)) => {
-                    self.sigpipe_logged |= sig == libc::SIGPIPE;
-                    info!("received {}, ignoring", signal_name(sig));
-                }
-                Ok(None) => return,
+            let signals = match self.signals.read(&mut buf) {
+                Ok(signals) => signals,
                 Err(e) => {
                     error!("cannot read signals: {e}");
                     return;
                 }
+            };
+            let drained = signals.len() < SIGNAL_BATCH;
+            // One reap for any number of SIGCHLD: it reaps every ended child.
+            if signals.contains(&(libc::SIGCHLD as u8)) {
+                self.reap();
+            }
+            for &signal in signals {
+                match i32::from(signal) {
+                    libc::SIGCHLD => {}
+                    sig @ (libc::SIGTERM | libc::SIGINT) => self.start_draining(sig),
+                    // Logging to a broken stderr raises SIGPIPE again: logging
+                    // every one would chase our own signal forever.
+                    libc::SIGPIPE if self.sigpipe_logged => {}
+                    sig => {
+                        self.sigpipe_logged |= sig == libc::SIGPIPE;
+                        info!("received {}, ignoring", signal_name(sig));
+                    }
+                }
+            }
+            if drained {
+                return;
             }
         }
     }

@@ -12,12 +12,13 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use crate::call::{Call, Target};
 use crate::sys::process::{Exit, signal_name};
+use crate::sys::spawn::Program;
 
 /// Where qrexec-client-vm is installed in every Qubes VM.
 pub const DEFAULT_PATH: &str = "/usr/bin/qrexec-client-vm";
@@ -91,39 +92,26 @@ impl Client {
         args
     }
 
-    /// The command for one route, built once and spawned for each of its
-    /// connections: every spawn then allocates little (the argument strings
-    /// are made once), which keeps the heap still however many run.
-    pub fn command(&self, target: &Target, call: &Call) -> Command {
-        let mut command = Command::new(&self.path);
-        command.args(self.args(target, call)).stderr(Stdio::piped());
-        command
+    /// The program for one route, built once and started for each of its
+    /// connections, so a spawn allocates nothing of ours.
+    pub fn program(&self, target: &Target, call: &Call) -> io::Result<Program> {
+        Program::new(&self.path, &self.args(target, call))
     }
 
-    /// Starts qrexec-client-vm for one connection.
+    /// Starts qrexec-client-vm for one connection; its stderr is read with
+    /// blocking reads.
     pub fn spawn(&self, connection: OwnedFd, target: &Target, call: &Call) -> io::Result<Spawned> {
-        spawn(&mut self.command(target, call), connection)
+        spawn(&self.program(target, call)?, connection, false)
     }
 }
 
-/// Starts `command` with `connection` as its stdin and stdout and a new pipe
-/// as its stderr. Our copies of the connection are closed on return.
-pub fn spawn(command: &mut Command, connection: OwnedFd) -> io::Result<Spawned> {
-    let stdin = connection.try_clone()?;
-    command
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::from(connection));
-    let spawned = command.spawn();
-    // The command would otherwise keep the connection open until its next
-    // spawn; null is only opened by a spawn.
-    command.stdin(Stdio::null()).stdout(Stdio::null());
-    let mut child = spawned?;
-    let stderr = child.stderr.take().expect("stderr was requested as a pipe");
-    // Dropping `child` neither waits nor kills: the daemon reaps it.
-    Ok(Spawned {
-        pid: child.id(),
-        stderr: stderr.into(),
-    })
+/// Starts `program` with `connection` as its stdin and stdout and a new pipe
+/// as its stderr, read end non-blocking if asked. Our copy of the connection
+/// is closed on return: the child holds the only one.
+pub fn spawn(program: &Program, connection: OwnedFd, nonblocking: bool) -> io::Result<Spawned> {
+    let (stderr, child_stderr) = crate::sys::pipe(nonblocking)?;
+    let pid = program.spawn(connection.as_fd(), child_stderr.as_fd())?;
+    Ok(Spawned { pid, stderr })
 }
 
 /// What an exit status of qrexec-client-vm means, in words, for the log.

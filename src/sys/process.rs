@@ -1,7 +1,7 @@
 //! Process calls: child exit notification (pidfd), reaping, signals.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::syscall;
@@ -79,8 +79,9 @@ extern "C" fn on_signal(signal: libc::c_int) {
 /// and a blocked mask is inherited by every child across exec (a
 /// qrexec-client-vm with SIGTERM blocked would ignore the daemon's SIGTERM),
 /// while a handled signal is reset to its default there. Children thus start
-/// with the dispositions and mask they expect, and std's `Command` keeps its
-/// `posix_spawn` path (a pre-exec hook to reset the mask would force fork).
+/// with the dispositions they expect from any spawner, including std's
+/// `Command` (used for the start-up probe), not only from `sys::spawn`,
+/// which also resets the mask.
 pub struct SignalPipe {
     read: OwnedFd,
 }
@@ -109,24 +110,17 @@ impl SignalPipe {
         Ok(SignalPipe { read })
     }
 
-    /// Reads one pending signal, `None` when there is none.
-    pub fn read(&self) -> io::Result<Option<i32>> {
-        let mut byte = 0u8;
-        // SAFETY: byte is writable for one byte.
-        match syscall!(read(
-            self.read.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1
-        )) {
-            Ok(1) => Ok(Some(i32::from(byte))),
-            Ok(_) => Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+    /// Reads pending signals into `buf`, one byte each; an empty slice when
+    /// there is none. Fewer than `buf.len()` means none is left.
+    pub fn read<'a>(&self, buf: &'a mut [u8]) -> io::Result<&'a [u8]> {
+        match super::read(self.read.as_fd(), buf) {
+            Ok(n) => Ok(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(&[]),
             Err(e) => Err(e),
         }
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {
-        use std::os::fd::AsFd;
         self.read.as_fd()
     }
 }
