@@ -93,6 +93,7 @@ pub fn describe(e: &io::Error) -> String {
 }
 
 /// What a rate point measured.
+#[derive(Default)]
 pub struct Rate {
     pub completed: u64,
     pub errors: u64,
@@ -105,6 +106,17 @@ pub struct Rate {
 impl Rate {
     pub fn per_second(&self) -> f64 {
         self.completed as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Adds another slice of the same point.
+    pub fn add(&mut self, other: Rate) {
+        self.completed += other.completed;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.elapsed += other.elapsed;
+        self.latencies_ms.extend(other.latencies_ms);
     }
 }
 

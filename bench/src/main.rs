@@ -48,6 +48,10 @@ pub struct Setup {
     pub bulk_bytes: u64,
     pub open_levels: Vec<usize>,
     pub first_samples: usize,
+    /// Slices of each rate and bulk point, the peers taking turns.
+    pub slices: usize,
+    /// `$RUNTIME_DIRECTORY` of ours.
+    pub runtime: PathBuf,
     pub spawn_samples: usize,
     pub notify_path: PathBuf,
     pub notify: mpsc::Receiver<(Instant, String)>,
@@ -222,14 +226,14 @@ fn run(a: Args) -> Result<(), String> {
     };
     let (release, out) = (abs(&release), abs(&a.out));
     // Only what an earlier run made: --out may name a directory with other things in it.
-    for made in ["bin", "logs", "run", "plots"] {
+    for made in ["bin", "logs", "run", "plots", "runtime"] {
         let _ = std::fs::remove_dir_all(out.join(made));
     }
     for made in ["echo.sock", "notify.sock"] {
         let _ = std::fs::remove_file(out.join(made));
     }
     let bin = out.join("bin");
-    for dir in [&out, &bin, &out.join("logs")] {
+    for dir in [&out, &bin, &out.join("logs"), &out.join("runtime"), &abs(&a.plots)] {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let binary = release.join("qrexec-connect");
@@ -304,6 +308,8 @@ fn run(a: Args) -> Result<(), String> {
         bulk_bytes: a.bulk_mib << 20,
         open_levels: vec![0, 100, 250, 500, 1000],
         first_samples: if a.quick { 3 } else { 10 },
+        slices: if a.quick { 2 } else { 4 },
+        runtime: out.join("runtime"),
         spawn_samples: if a.quick { 5 } else { 20 },
         notify_path,
         notify,

@@ -74,18 +74,23 @@ impl Drop for Proc {
     }
 }
 
-/// Reaps every descendant that was orphaned to us (we are a subreaper) once
-/// no `Proc` is alive: waits up to `limit` for them to end by themselves,
-/// then kills the rest by pid. Returns how many had to be killed.
-pub fn reap_orphans(limit: Duration) -> usize {
+/// Reaps every child of ours but the `Proc`s in `keep` (still running
+/// peers): the stopped ones and their descendants orphaned to us (we are a
+/// subreaper). Waits up to `limit` for them to end by themselves, then kills
+/// the rest by pid. Returns how many had to be killed.
+pub fn reap_orphans(limit: Duration, keep: &[u32]) -> usize {
     let deadline = Instant::now() + limit;
     let me = sys::getpid();
     loop {
-        while let Ok(Some(_)) = sys::try_reap(-1) {}
         let left: Vec<u32> = parents()
             .into_iter()
-            .filter(|&(_, ppid)| ppid == me)
+            .filter(|&(pid, ppid)| ppid == me && !keep.contains(&pid))
             .map(|(pid, _)| pid)
+            .collect();
+        // By pid: a wait for any child could reap a peer still running.
+        let left: Vec<u32> = left
+            .into_iter()
+            .filter(|&pid| matches!(sys::try_reap(pid as i32), Ok(None)))
             .collect();
         if left.is_empty() {
             return 0;
