@@ -16,6 +16,7 @@ pub mod logging;
 pub mod notify;
 pub mod qrexec;
 pub mod relay;
+pub mod stdin_socket;
 pub mod sys;
 
 use std::path::Path;

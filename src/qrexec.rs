@@ -62,22 +62,6 @@ pub struct Spawned {
 }
 
 impl Client {
-    /// Asks the installed qrexec-client-vm whether it knows `--use-stdin-socket`
-    /// (its `-h` usage lists its options). `Err` when it cannot be run.
-    pub fn supports_stdin_socket(path: &std::path::Path) -> io::Result<bool> {
-        let out = Command::new(path)
-            .arg("-h")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()?;
-        let mentions = |text: &[u8]| {
-            text.windows(STDIN_SOCKET_FLAG.len())
-                .any(|w| w == STDIN_SOCKET_FLAG.as_bytes())
-        };
-        Ok(mentions(&out.stdout) || mentions(&out.stderr))
-    }
-
     /// The arguments after the program name.
     pub fn args<'a>(&'a self, target: &'a Target, call: &'a Call) -> Vec<&'a OsStr> {
         let mut args: Vec<&OsStr> = self.options.iter().map(OsString::as_os_str).collect();

@@ -32,6 +32,15 @@ const CONFINEMENT: &[&str] = &[
     "KeyringMode=private",
 ];
 
+/// The runtime directory of every service unit, where the answer of
+/// `qrexec-client-vm -h` is cached (src/stdin_socket.rs): the user's alone,
+/// and kept when a unit stops, which is when the next start needs it.
+const RUNTIME_DIRECTORY: &[&str] = &[
+    "RuntimeDirectory=qrexec-connect",
+    "RuntimeDirectoryMode=0700",
+    "RuntimeDirectoryPreserve=yes",
+];
+
 #[test]
 fn every_service_unit_is_confined() {
     let units: Vec<_> = fs::read_dir(Path::new(REPO).join("units"))
@@ -43,7 +52,7 @@ fn every_service_unit_is_confined() {
     assert!(units.len() >= 4, "{units:?}");
     for unit in units {
         let text = fs::read_to_string(&unit).unwrap();
-        for line in CONFINEMENT {
+        for line in CONFINEMENT.iter().chain(RUNTIME_DIRECTORY) {
             assert!(
                 text.lines().any(|l| l.trim() == *line),
                 "{} lacks {line}",

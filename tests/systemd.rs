@@ -20,6 +20,7 @@ use std::{fs, thread};
 
 use common::user_manager::UserManager;
 use common::{DEADLINE as WAIT, TempDir, World, make_install};
+use qrexec_connect::stdin_socket;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// The client qube's name, as in policy-examples/.
@@ -514,7 +515,7 @@ fn seed_001_one_service_beside_a_template() {
 
 /// `--exit-idle-time` in a drop-in: the service exits when idle, the socket
 /// stays, and connections made while it is stopped start it again and are
-/// all served.
+/// all served; `qrexec-client-vm -h` is asked at the first start only.
 #[test]
 fn exit_idle_time_scales_to_zero_and_back() {
     let Some(lab) = Lab::start() else { return };
@@ -560,6 +561,24 @@ fn exit_idle_time_scales_to_zero_and_back() {
         invocations.len(),
         3,
         "started again each round: {invocations:?}"
+    );
+    // `--stdin-socket auto` asked qrexec-client-vm -h at the first start
+    // only: the answer waited in the units' runtime directory, which
+    // RuntimeDirectoryPreserve= keeps while the service is stopped.
+    let probes = lab.world.records();
+    let probes = probes.iter().filter(|r| r.args() == ["-h"]).count();
+    assert_eq!(probes, 1, "three starts, one -h");
+    let dir = m.outside(m.runtime_dir().join("qrexec-connect"));
+    let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&dir), 0o700);
+    let cache = dir.join(stdin_socket::CACHE_FILE);
+    assert_eq!(mode(&cache), 0o600);
+    let text = fs::read_to_string(&cache).unwrap();
+    let program = lab.world.root().join("bin/qrexec-client-vm");
+    assert_eq!(
+        stdin_socket::parse(&text),
+        Some((stdin_socket::Key::of(&program).unwrap(), true)),
+        "{text:?}"
     );
 }
 

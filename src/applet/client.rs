@@ -21,6 +21,7 @@ use crate::daemon::{self, Listener, Options};
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::qrexec::{self, StdinSocket};
+use crate::stdin_socket;
 use crate::sys;
 
 #[derive(FromArgs, Debug)]
@@ -199,7 +200,10 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
     let stdin_socket = match args.stdin_socket {
         StdinSocket::Yes => true,
         StdinSocket::No => false,
-        StdinSocket::Auto => match qrexec::Client::supports_stdin_socket(&path) {
+        StdinSocket::Auto => match stdin_socket::detect(
+            &path,
+            stdin_socket::cache_dir(std::env::var_os("RUNTIME_DIRECTORY").as_deref()).as_deref(),
+        ) {
             Ok(true) => true,
             Ok(false) => {
                 info!(
