@@ -14,7 +14,6 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use crate::call::{Call, Target};
 use crate::sys::process::{Exit, signal_name};

@@ -298,7 +298,9 @@ fn rate_point(s: &Setup, r: &mut Results, peers: &[Peer], p: usize, rep: usize) 
             ));
         }
         if rate.completed == 0 {
-            r.note(format!("{name} at parallelism {p}: no connection completed"));
+            r.note(format!(
+                "{name} at parallelism {p}: no connection completed"
+            ));
             continue;
         }
         // The warm-up connection ran on the peer too.
@@ -340,7 +342,8 @@ fn bulk_point(s: &Setup, r: &mut Results, peers: &[Peer], rep: usize) {
     }
     let counted: Vec<Peer> = side.running.iter().map(|(peer, _)| *peer).collect();
     let cpu = side.stop(r);
-    for (((peer, secs), failed), (_, cpu)) in counted.into_iter().zip(seconds).zip(failed).zip(cpu) {
+    for (((peer, secs), failed), (_, cpu)) in counted.into_iter().zip(seconds).zip(failed).zip(cpu)
+    {
         if let Some(e) = failed {
             r.note(format!("{} bulk: {e}", peer.name()));
             continue;
@@ -665,10 +668,7 @@ pub fn report(s: &Setup, r: &Results, plots: &Path) -> String {
     md.push_str(&table(vec![
         ("first byte".into(), "first ms".into()),
         ("READY=1".into(), "ready ms".into()),
-        (
-            "first byte, cold".into(),
-            "first ms, cold".into(),
-        ),
+        ("first byte, cold".into(), "first ms, cold".into()),
     ]));
     md.push('\n');
     let data = s.out.join("plots");

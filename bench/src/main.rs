@@ -233,7 +233,13 @@ fn run(a: Args) -> Result<(), String> {
         let _ = std::fs::remove_file(out.join(made));
     }
     let bin = out.join("bin");
-    for dir in [&out, &bin, &out.join("logs"), &out.join("runtime"), &abs(&a.plots)] {
+    for dir in [
+        &out,
+        &bin,
+        &out.join("logs"),
+        &out.join("runtime"),
+        &abs(&a.plots),
+    ] {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let binary = release.join("qrexec-connect");
