@@ -9,9 +9,11 @@
 //! falls back to `read(2)`/`write(2)`.
 //!
 //! Into a TCP socket the relay copies instead: on loopback, TCP given
-//! spliced pages cost ~1.5x the CPU of a plain write and moved ~0.6x the
-//! bytes per second (measured on Linux 6.18; see the commit that chose it).
-//! Out of TCP, and both ways on Unix sockets, splice is the cheaper.
+//! spliced pages from a 256 KiB pipe cost ~1.5x the CPU of a plain write and
+//! moved ~0.6x the bytes per second (Linux 6.18; see the commit that chose
+//! it); from a 1 MiB pipe it costs the same as the write, for a pipe's worth
+//! more of the user's pipe quota. Out of TCP, and both ways on Unix sockets,
+//! splice is the cheaper.
 //!
 //! Half-close is exact: at end of file on stdin the socket is shut down for
 //! writing (`shutdown(2)`) and replies keep coming; at end of file from the
@@ -36,6 +38,12 @@ use crate::sys::{self, FileKind, socket, splice};
 /// 4x the user's pipe quota (`pipe-user-pages-soft`, 64 MiB by default, past
 /// which new pipes get one page).
 pub const PIPE_SIZE: usize = 256 << 10;
+/// The pipe out of a TCP socket. TCP hands splice its received data in
+/// pieces of at most a page or two, so a larger pipe takes more of them per
+/// call: 1 MiB (the unprivileged maximum) took qubes.ConnectTCPBind from
+/// 1.14x the CPU per GiB of the bench's splice floor to 1.00x. Only TCP
+/// relays pay its share of the quota, one such pipe each.
+pub const TCP_PIPE_SIZE: usize = 1 << 20;
 /// The buffer of the read/write path, per direction (64 KiB to 512 KiB
 /// measured the same).
 pub const COPY_SIZE: usize = 128 << 10;
@@ -204,10 +212,11 @@ fn splice_direct(from: &End, to: &End, moved: &AtomicU64) -> Result<Spliced, Err
 /// Neither end is a pipe: splice into a pipe of our own, then out of it.
 fn splice_through_pipe(from: &End, to: &End, moved: &AtomicU64) -> Result<Spliced, Error> {
     let (pipe_out, pipe_in) = splice::pipe().map_err(|e| Error::io("create a pipe", e))?;
+    let size = if from.tcp { TCP_PIPE_SIZE } else { PIPE_SIZE };
     // A smaller pipe (the user's pipe quota is spent) only costs speed.
-    let _ = splice::set_pipe_size(pipe_in.as_fd(), PIPE_SIZE);
+    let _ = splice::set_pipe_size(pipe_in.as_fd(), size);
     loop {
-        let n = match splice::splice(from.fd.as_fd(), pipe_in.as_fd(), PIPE_SIZE) {
+        let n = match splice::splice(from.fd.as_fd(), pipe_in.as_fd(), size) {
             Ok(0) => return Ok(Spliced::Eof),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

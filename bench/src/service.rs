@@ -315,29 +315,69 @@ pub fn run(s: &Setup, r: &mut Results) -> Result<(), String> {
         .filter(|p| !r.unavailable.contains_key(p.name()))
         .collect();
     for rep in 0..s.repeats {
-        for peer in rotated(&peers, rep) {
-            if let Err(e) = bulk_point(s, r, &echo, peer) {
-                r.note(format!("{} bulk: {e}", peer.name()));
-            }
-        }
-        for peer in rotated(&peers, rep) {
-            if let Err(e) = spawn_point(s, r, &echo, peer) {
-                r.note(format!("{} start: {e}", peer.name()));
-            }
-        }
+        bulk_point(s, r, &echo, &peers, rep);
+        spawn_point(s, r, &echo, &peers, rep);
     }
     Ok(())
 }
 
-/// MB/s each way through the relay, verified, and the relay's CPU per GiB.
-fn bulk_point(s: &Setup, r: &mut Results, echo: &Echo, peer: Peer) -> Result<(), String> {
+/// MB/s each way through the relay, verified, and the relay's CPU per GiB:
+/// `s.slices` calls per peer moving an equal share of `s.bulk_bytes`, the
+/// peers taking turns so that a change in the machine's speed falls on all.
+fn bulk_point(s: &Setup, r: &mut Results, echo: &Echo, peers: &[Peer], rep: usize) {
+    let share = (s.bulk_bytes / s.slices as u64).max(1);
+    let mut seconds = vec![0.0f64; peers.len()];
+    let mut cpu = vec![Duration::ZERO; peers.len()];
+    let mut failed: Vec<Option<String>> = vec![None; peers.len()];
+    let order: Vec<usize> = (0..peers.len()).collect();
+    for k in 0..s.slices {
+        for i in rotated(&order, rep + k) {
+            if failed[i].is_some() {
+                continue;
+            }
+            match bulk_once(s, r, echo, peers[i], share) {
+                Ok((t, c)) => {
+                    seconds[i] += t.as_secs_f64();
+                    cpu[i] += c;
+                }
+                Err(e) => failed[i] = Some(e),
+            }
+        }
+    }
+    for (i, &peer) in peers.iter().enumerate() {
+        if let Some(e) = &failed[i] {
+            r.note(format!("{} bulk: {e}", peer.name()));
+            continue;
+        }
+        let bytes = (share * s.slices as u64) as f64;
+        let mbps = bytes / 1e6 / seconds[i];
+        let per_gib = cpu[i].as_secs_f64() / (bytes / (1u64 << 30) as f64);
+        r.add("svc MB/s", peer.name(), mbps);
+        if !peer.is_direct() {
+            r.add("svc cpu s/GiB", peer.name(), per_gib);
+        }
+        s.progress(&format!(
+            "service {:<20} bulk {mbps:>6.0} MB/s each way  cpu {per_gib:.2} s/GiB",
+            peer.name(),
+        ));
+    }
+}
+
+/// One call moving `bytes` each way: its time, and the relay's CPU time.
+fn bulk_once(
+    s: &Setup,
+    r: &mut Results,
+    echo: &Echo,
+    peer: Peer,
+    bytes: u64,
+) -> Result<(Duration, Duration), String> {
     let cpu0 = sys::children_cpu();
     let Call {
         input,
         output,
         relay,
     } = call(s, echo, peer)?;
-    let result = crate::load::bulk(output, input, |w| w.half_close(), s.bulk_bytes, &s.pattern);
+    let result = crate::load::bulk(output, input, |w| w.half_close(), bytes, &s.pattern);
     let exited = relay.map(|p| p.wait_exit(EXIT_LIMIT));
     let cpu = sys::children_cpu().saturating_sub(cpu0);
     let t = result?;
@@ -347,56 +387,68 @@ fn bulk_point(s: &Setup, r: &mut Results, echo: &Echo, peer: Peer) -> Result<(),
             peer.name()
         ));
     }
-    let mbps = s.bulk_bytes as f64 / 1e6 / t.as_secs_f64();
-    let gib = s.bulk_bytes as f64 / (1u64 << 30) as f64;
-    r.add("svc MB/s", peer.name(), mbps);
-    if !peer.is_direct() {
-        r.add("svc cpu s/GiB", peer.name(), cpu.as_secs_f64() / gib);
-    }
-    s.progress(&format!(
-        "service {:<20} bulk {mbps:>6.0} MB/s each way  cpu {:.2} s/GiB",
-        peer.name(),
-        cpu.as_secs_f64() / gib
-    ));
-    Ok(())
+    Ok((t, cpu))
 }
 
-/// Start to first echoed byte, and to exit after the caller's EOF.
-fn spawn_point(s: &Setup, r: &mut Results, echo: &Echo, peer: Peer) -> Result<(), String> {
-    let mut firsts = Vec::new();
-    let mut exits = Vec::new();
-    for _ in 0..s.spawn_samples {
-        let t0 = Instant::now();
-        let Call {
-            mut input,
-            mut output,
-            relay,
-        } = call(s, echo, peer)?;
-        let first = input
-            .write_all(load::LINE)
-            .and_then(|()| load::read_line_echo(&mut output, t0));
-        input.half_close();
-        let eof = load::expect_eof(&mut output);
-        let exited = relay.map(|p| p.wait_exit(EXIT_LIMIT));
-        let end = t0.elapsed();
-        let first = first.map_err(|e| e.to_string())?;
-        eof.map_err(|e| format!("after the echo: {e}"))?;
-        if exited == Some(false) {
-            return Err("did not exit after EOF".into());
+/// Start to first echoed byte, and to exit after the caller's EOF: the
+/// median of `s.spawn_samples` calls per peer, the peers taking turns.
+fn spawn_point(s: &Setup, r: &mut Results, echo: &Echo, peers: &[Peer], rep: usize) {
+    let mut firsts: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
+    let mut exits: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
+    let mut failed: Vec<Option<String>> = vec![None; peers.len()];
+    let order: Vec<usize> = (0..peers.len()).collect();
+    for k in 0..s.spawn_samples {
+        for i in rotated(&order, rep + k) {
+            if failed[i].is_some() {
+                continue;
+            }
+            match spawn_once(s, echo, peers[i]) {
+                Ok((first, exit)) => {
+                    firsts[i].push(first);
+                    exits[i].push(exit);
+                }
+                Err(e) => failed[i] = Some(e),
+            }
         }
-        firsts.push(first.as_secs_f64() * 1e3);
-        exits.push(end.as_secs_f64() * 1e3);
     }
-    r.add("svc first ms", peer.name(), median(&firsts));
-    r.add("svc exit ms", peer.name(), median(&exits));
-    s.progress(&format!(
-        "service {:<20} start to first byte {:.2} ms, to exit {:.2} ms (median of {})",
-        peer.name(),
-        median(&firsts),
-        median(&exits),
-        firsts.len()
-    ));
-    Ok(())
+    for (i, &peer) in peers.iter().enumerate() {
+        if let Some(e) = &failed[i] {
+            r.note(format!("{} start: {e}", peer.name()));
+            continue;
+        }
+        r.add("svc first ms", peer.name(), median(&firsts[i]));
+        r.add("svc exit ms", peer.name(), median(&exits[i]));
+        s.progress(&format!(
+            "service {:<20} start to first byte {:.2} ms, to exit {:.2} ms (median of {})",
+            peer.name(),
+            median(&firsts[i]),
+            median(&exits[i]),
+            firsts[i].len()
+        ));
+    }
+}
+
+/// One call: milliseconds to the first echoed byte and to the relay's exit.
+fn spawn_once(s: &Setup, echo: &Echo, peer: Peer) -> Result<(f64, f64), String> {
+    let t0 = Instant::now();
+    let Call {
+        mut input,
+        mut output,
+        relay,
+    } = call(s, echo, peer)?;
+    let first = input
+        .write_all(load::LINE)
+        .and_then(|()| load::read_line_echo(&mut output, t0));
+    input.half_close();
+    let eof = load::expect_eof(&mut output);
+    let exited = relay.map(|p| p.wait_exit(EXIT_LIMIT));
+    let end = t0.elapsed();
+    let first = first.map_err(|e| e.to_string())?;
+    eof.map_err(|e| format!("after the echo: {e}"))?;
+    if exited == Some(false) {
+        return Err("did not exit after EOF".into());
+    }
+    Ok((first.as_secs_f64() * 1e3, end.as_secs_f64() * 1e3))
 }
 
 /// The service side's part of the goals table.
