@@ -1,12 +1,18 @@
 //! The client-side event loop: accept on every passed socket, hand each
 //! connection to its own qrexec-client-vm, log how it ended.
 //!
-//! One `mio::Poll` in one thread watches the listeners, each child's stderr
-//! pipe, and a self-pipe for SIGCHLD (children are reaped with a
-//! non-blocking `waitpid` loop) and SIGTERM/SIGINT/SIGHUP/SIGPIPE. One fd per
-//! open connection: every spawn copies the fd table, so it is kept small. The daemon relays no data: the accepted
-//! socket is the child's stdin and stdout, and the daemon's copy is closed as
-//! soon as the child runs, so its memory does not grow with traffic.
+//! One `mio::Poll` in one thread watches the listeners, the children's
+//! stderr, and a self-pipe for SIGCHLD (children are reaped with a
+//! non-blocking `waitpid` loop) and SIGTERM/SIGINT/SIGHUP/SIGPIPE.
+//!
+//! The daemon holds no descriptor per open connection. The accepted socket
+//! is the child's stdin and stdout, and the daemon's copy is closed as soon
+//! as the child runs, so its memory does not grow with traffic. Every child's
+//! stderr is the same Unix stream socket, whose reads say which process wrote
+//! (`SO_PASSCRED`): a pipe per child would be one more descriptor for each
+//! spawn to copy (the kernel takes a reference to every open file of the
+//! parent at each `clone`), which cost a tenth of the daemon's time at 64
+//! connections at once.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -25,16 +31,21 @@ use crate::sys::process::{self, Exit, SignalPipe, signal_name};
 use crate::sys::socket::{self, SockAddr};
 use crate::sys::spawn::Program;
 
-/// Listener `i` has token `i`; connection slot `k` has `FIRST_CONNECTION + k`
-/// for its stderr.
+/// Listener `i` has token `i`.
 const SIGNALS: Token = Token(usize::MAX - 1);
-const FIRST_CONNECTION: usize = 1 << 20;
+const STDERR: Token = Token(usize::MAX - 2);
 /// How long accepting pauses after EMFILE, ENFILE, ENOBUFS or ENOMEM.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long children get between SIGTERM and SIGKILL once draining timed out.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// Slots reserved at start-up at most (64 bytes each; untouched pages cost nothing).
 const MAX_RESERVED_SLOTS: usize = 1 << 16;
+/// Reads of the children's stderr per turn of the loop: a child that writes
+/// without pause must not keep the loop from accepting.
+const STDERR_BUDGET: usize = 64;
+/// Reads of the children's stderr before ended children are released (their
+/// last lines are then logged before their end); more only from a flood.
+const REAP_STDERR_BUDGET: usize = 1024;
 /// Signals read at once from the self-pipe.
 const SIGNAL_BATCH: usize = 64;
 /// STATUS= goes to the manager at most this often.
@@ -137,8 +148,6 @@ impl std::fmt::Display for Peer {
 /// One connection: the qrexec-client-vm that serves it.
 struct Connection {
     pid: u32,
-    /// Closed at EOF; the child may live on without it.
-    stderr: Option<OwnedFd>,
     /// The start of a stderr line whose end has not arrived yet (rare).
     #[allow(clippy::box_collection, reason = "8 bytes in every slot, not 24")]
     partial: Option<Box<Vec<u8>>>,
@@ -172,6 +181,11 @@ enum Phase {
 struct Context {
     poll: Poll,
     signals: SignalPipe,
+    /// Our end of the children's stderr, and theirs (each child's fd 2).
+    stderr: OwnedFd,
+    child_stderr: OwnedFd,
+    /// The children's stderr has more to read than the last turn read.
+    stderr_pending: bool,
     listeners: Vec<Listener>,
     /// One prepared qrexec-client-vm command line per listener.
     programs: Vec<Program>,
@@ -225,6 +239,15 @@ pub fn run(
     for l in &listeners {
         info!(target: "listener", "{} -> {} {}", l.addr, l.target, l.call);
     }
+    let (stderr, child_stderr) =
+        socket::stderr_socketpair().context(|| "create the children's stderr".into())?;
+    poll.registry()
+        .register(
+            &mut SourceFd(&stderr.as_raw_fd()),
+            STDERR,
+            Interest::READABLE,
+        )
+        .context(|| "watch the children's stderr".into())?;
     let programs = listeners
         .iter()
         .map(|l| client.program(&l.target, &l.call))
@@ -234,6 +257,9 @@ pub fn run(
     let mut cx = Context {
         poll,
         signals,
+        stderr,
+        child_stderr,
+        stderr_pending: false,
         programs,
         listeners,
         // Reserved once: growing by doubling would leave the freed smaller
@@ -271,9 +297,12 @@ impl Context {
     fn event_loop(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(256);
         loop {
-            let timeout = self
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = if self.stderr_pending {
+                Some(Duration::ZERO)
+            } else {
+                self.next_deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -283,9 +312,12 @@ impl Context {
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => self.on_signals(),
-                    Token(i) if i < FIRST_CONNECTION => self.accept_all(i),
-                    Token(t) => self.on_stderr(t - FIRST_CONNECTION),
+                    STDERR => self.stderr_pending = true,
+                    Token(i) => self.accept_all(i),
                 }
+            }
+            if self.stderr_pending {
+                self.stderr_pending = !self.read_stderr(STDERR_BUDGET);
             }
             if self.on_timers()? {
                 return Ok(());
@@ -470,9 +502,9 @@ impl Context {
     /// Spawns qrexec-client-vm for a new connection.
     fn start(&mut self, index: usize, fd: OwnedFd, addr: SockAddr) {
         let peer = Peer::of(&fd, addr);
-        let spawned = crate::qrexec::spawn(&self.programs[index], fd, true);
+        let spawned = crate::qrexec::spawn(&self.programs[index], fd, self.child_stderr.as_fd());
         let listener = &self.listeners[index];
-        let spawned = match spawned {
+        let pid = match spawned {
             Ok(ok) => ok,
             Err(e) => {
                 error!(
@@ -494,8 +526,8 @@ impl Context {
             }
         };
         debug!(
-            "{peer} -> {} {}: qrexec-client-vm pid {}",
-            listener.target, listener.call, spawned.pid
+            "{peer} -> {} {}: qrexec-client-vm pid {pid}",
+            listener.target, listener.call
         );
         let slot = match self.free.pop() {
             Some(slot) => slot as usize,
@@ -504,22 +536,8 @@ impl Context {
                 self.slots.len() - 1
             }
         };
-        let registered = self.poll.registry().register(
-            &mut SourceFd(&spawned.stderr.as_raw_fd()),
-            Token(FIRST_CONNECTION + slot),
-            Interest::READABLE,
-        );
-        // Without its stderr watched the connection still works; its child's
-        // lines are read when it ends.
-        if let Err(e) = registered {
-            warn!(
-                "cannot watch the stderr of qrexec-client-vm pid {}: {e}, ignoring",
-                spawned.pid
-            );
-        }
         self.slots[slot] = Some(Connection {
-            pid: spawned.pid,
-            stderr: Some(spawned.stderr),
+            pid,
             partial: None,
             listener: index as u32,
             peer,
@@ -536,29 +554,75 @@ impl Context {
         }
     }
 
-    /// Logs what a child wrote to stderr, a line at a time, with its connection.
-    fn on_stderr(&mut self, slot: usize) {
-        let Some(conn) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
-            return;
-        };
-        let route = self.listeners[conn.listener as usize].route();
-        if drain_stderr(conn.stderr.as_ref(), &mut conn.partial, conn.peer, route) {
-            // EOF: closing the fd also removes it from the poll.
-            conn.stderr = None;
+    /// Reads what the children wrote to stderr, at most `budget` reads, and
+    /// logs it a line at a time with its connection; true when all is read.
+    fn read_stderr(&mut self, budget: usize) -> bool {
+        let mut buf = [0u8; 4096];
+        for _ in 0..budget {
+            match socket::recv_from_process(self.stderr.as_fd(), &mut buf) {
+                Ok((0, _)) => return true,
+                Ok((n, pid)) => self.stderr_from(pid, &buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    error!("cannot read the children's stderr: {e}");
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Bytes one process wrote to stderr: a connection's child, or (rarely)
+    /// a process it started, logged without a connection.
+    fn stderr_from(&mut self, pid: Option<i32>, bytes: &[u8]) {
+        let conn = pid.and_then(|pid| {
+            self.slots
+                .iter_mut()
+                .flatten()
+                .find(|c| i64::from(c.pid) == i64::from(pid))
+        });
+        match conn {
+            Some(conn) => {
+                let route = self.listeners[conn.listener as usize].route();
+                feed_stderr(&mut conn.partial, bytes, conn.peer, route);
+            }
+            None => {
+                let who = pid.map_or("an unknown process".to_owned(), |p| format!("pid {p}"));
+                for line in bytes.split(|&b| b == b'\n') {
+                    let line = String::from_utf8_lossy(line);
+                    let line = line.trim_end();
+                    if !line.is_empty() {
+                        warn!(
+                            "{who} on the children's stderr: {}",
+                            crate::logging::printable(line)
+                        );
+                    }
+                }
+            }
         }
     }
 
     /// Reaps every child that has ended (after SIGCHLD) and releases its connection.
     fn reap(&mut self) {
+        let mut ended = Vec::new();
         loop {
-            let (pid, exit) = match process::try_wait_any() {
-                Ok(Some(ended)) => ended,
-                Ok(None) => return,
+            match process::try_wait_any() {
+                Ok(Some(child)) => ended.push(child),
+                Ok(None) => break,
                 Err(e) => {
                     error!("cannot reap children: {e}");
-                    return;
+                    break;
                 }
-            };
+            }
+        }
+        if ended.is_empty() {
+            return;
+        }
+        // All they wrote is in the socket now: their lines come before
+        // their end.
+        self.stderr_pending = !self.read_stderr(REAP_STDERR_BUDGET);
+        for (pid, exit) in ended {
             let found = self
                 .slots
                 .iter()
@@ -578,7 +642,6 @@ impl Context {
     /// counters, and accepting again if the limit had stopped it.
     fn release(&mut self, mut conn: Connection, exit: Exit) {
         let route = self.listeners[conn.listener as usize].route();
-        drain_stderr(conn.stderr.as_ref(), &mut conn.partial, conn.peer, route);
         if let Some(rest) = conn.partial.take() {
             log_stderr_line(&rest, conn.peer, route);
         }
@@ -599,7 +662,6 @@ impl Context {
             self.idle_since = Instant::now();
         }
         self.status_changed();
-        // The stderr pipe, if still open, leaves the poll when `conn` drops.
         if matches!(self.phase, Phase::Serving)
             && self.backoff_until.is_none()
             && self.active < self.options.max_connections
@@ -673,9 +735,18 @@ impl Context {
 
     /// After SIGKILL: every child ends at once, so waiting cannot hang.
     fn reap_all_blocking(&mut self) {
-        for slot in 0..self.slots.len() {
+        let ended: Vec<(usize, Exit)> = (0..self.slots.len())
+            .filter_map(|slot| {
+                let pid = self.slots[slot].as_ref()?.pid;
+                Some((
+                    slot,
+                    process::wait(pid).unwrap_or(Exit::Signal(libc::SIGKILL)),
+                ))
+            })
+            .collect();
+        self.read_stderr(REAP_STDERR_BUDGET);
+        for (slot, exit) in ended {
             if let Some(conn) = self.slots[slot].take() {
-                let exit = process::wait(conn.pid).unwrap_or(Exit::Signal(libc::SIGKILL));
                 self.release(conn, exit);
             }
         }
@@ -685,57 +756,49 @@ impl Context {
 /// The longest stderr line kept whole; a longer one is logged in pieces.
 const MAX_STDERR_LINE: usize = 4096;
 
-/// Reads what is available on a child's stderr and logs it line by line.
-/// A line may arrive in several reads: its start waits in `partial`, logged
-/// at EOF if no newline ends it. Returns true at EOF (or when there is no
-/// stderr left).
+/// Logs the whole lines in `bytes`, written by a connection's child to its
+/// stderr. A line may arrive in several pieces: its start waits in
+/// `partial`, and is logged in pieces past `MAX_STDERR_LINE`.
 #[allow(clippy::box_collection, reason = "the slot's type")]
-fn drain_stderr(
-    fd: Option<&OwnedFd>,
-    partial: &mut Option<Box<Vec<u8>>>,
-    peer: Peer,
-    route: Route,
-) -> bool {
-    let Some(fd) = fd else {
-        return true;
-    };
+fn feed_stderr(partial: &mut Option<Box<Vec<u8>>>, bytes: &[u8], peer: Peer, route: Route) {
+    let mut rest = bytes;
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        match partial.take() {
+            Some(mut start) => {
+                start.extend_from_slice(&rest[..end]);
+                log_stderr_line(&start, peer, route);
+            }
+            None => log_stderr_line(&rest[..end], peer, route),
+        }
+        rest = &rest[end + 1..];
+    }
+    if !rest.is_empty() {
+        let start = partial.get_or_insert_with(Box::default);
+        start.extend_from_slice(rest);
+        if start.len() >= MAX_STDERR_LINE {
+            log_stderr_line(start, peer, route);
+            *partial = None;
+        }
+    }
+}
+
+/// Reads a child's stderr pipe until EOF, logging it line by line.
+fn drain_stderr(fd: &OwnedFd, peer: Peer, route: Route) {
+    let mut partial = None;
     let mut buf = [0u8; 4096];
     loop {
         match crate::sys::read(fd.as_fd(), &mut buf) {
-            Ok(0) => {
-                if let Some(rest) = partial.take() {
-                    log_stderr_line(&rest, peer, route);
-                }
-                return true;
-            }
-            Ok(n) => {
-                let mut rest = &buf[..n];
-                while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-                    match partial.take() {
-                        Some(mut start) => {
-                            start.extend_from_slice(&rest[..end]);
-                            log_stderr_line(&start, peer, route);
-                        }
-                        None => log_stderr_line(&rest[..end], peer, route),
-                    }
-                    rest = &rest[end + 1..];
-                }
-                if !rest.is_empty() {
-                    let start = partial.get_or_insert_with(Box::default);
-                    start.extend_from_slice(rest);
-                    if start.len() >= MAX_STDERR_LINE {
-                        log_stderr_line(start, peer, route);
-                        *partial = None;
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(0) => break,
+            Ok(n) => feed_stderr(&mut partial, &buf[..n], peer, route),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                debug!("cannot read a child's stderr: {e}");
-                return true;
+                debug!("cannot read qrexec-client-vm's stderr: {e}");
+                break;
             }
         }
+    }
+    if let Some(rest) = partial {
+        log_stderr_line(&rest, peer, route);
     }
 }
 
@@ -805,8 +868,7 @@ pub fn serve_one(connection: Listener, client: &Client, notifier: &Notifier) -> 
         warn!("failed to notify the service manager (READY=1): {e}, ignoring");
     }
     // Blocking reads: there is nothing else to wait for.
-    let mut partial = None;
-    drain_stderr(Some(&spawned.stderr), &mut partial, peer, route);
+    drain_stderr(&spawned.stderr, peer, route);
     let exit = process::wait(spawned.pid).context(|| "wait for qrexec-client-vm".into())?;
     let outcome = Outcome {
         exit,

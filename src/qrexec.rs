@@ -12,7 +12,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use crate::call::{Call, Target};
@@ -81,20 +81,23 @@ impl Client {
         Program::new(&self.path, &self.args(target, call))
     }
 
-    /// Starts qrexec-client-vm for one connection; its stderr is read with
-    /// blocking reads.
+    /// Starts qrexec-client-vm for one connection, its stderr a new pipe.
     pub fn spawn(&self, connection: OwnedFd, target: &Target, call: &Call) -> io::Result<Spawned> {
-        spawn(&self.program(target, call)?, connection, false)
+        let (stderr, child_stderr) = crate::sys::pipe()?;
+        let pid = spawn(
+            &self.program(target, call)?,
+            connection,
+            child_stderr.as_fd(),
+        )?;
+        Ok(Spawned { pid, stderr })
     }
 }
 
-/// Starts `program` with `connection` as its stdin and stdout and a new pipe
-/// as its stderr, read end non-blocking if asked. Our copy of the connection
-/// is closed on return: the child holds the only one.
-pub fn spawn(program: &Program, connection: OwnedFd, nonblocking: bool) -> io::Result<Spawned> {
-    let (stderr, child_stderr) = crate::sys::pipe(nonblocking)?;
-    let pid = program.spawn(connection.as_fd(), child_stderr.as_fd())?;
-    Ok(Spawned { pid, stderr })
+/// Starts `program` with `connection` as its stdin and stdout and `stderr`
+/// as its stderr; returns its pid. Our copy of the connection is closed on
+/// return: the child holds the only one.
+pub fn spawn(program: &Program, connection: OwnedFd, stderr: BorrowedFd<'_>) -> io::Result<u32> {
+    program.spawn(connection.as_fd(), stderr)
 }
 
 /// What an exit status of qrexec-client-vm means, in words, for the log.

@@ -593,3 +593,72 @@ fn sighup_is_ignored_sigint_drains() {
     assert_eq!(daemon.wait_exit().code(), Some(0));
     assert!(daemon.stderr().contains("received SIGINT"));
 }
+
+/// The daemon's open descriptors, from /proc.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn no_descriptor_per_open_connection() {
+    let world = echo_world();
+    let daemon = echo_daemon(&world, &[]);
+    assert_eq!(daemon.connect(0).exchange(b"warm\n"), b"warm\n");
+    wait_until("the first call to end", || world.concurrency().0 == 0);
+    let idle = open_fds(daemon.pid);
+    let mut conns: Vec<Conn> = (0..20).map(|_| daemon.connect(0)).collect();
+    for conn in &mut conns {
+        conn.write_all(b"x").unwrap();
+    }
+    wait_until("20 calls running", || world.concurrency().0 == 20);
+    // Every child has its socket and the shared stderr; the daemon keeps
+    // neither (each spawn copies the daemon's descriptor table).
+    assert_eq!(open_fds(daemon.pid), idle, "{}", daemon.stderr());
+    for mut conn in conns {
+        let mut reply = [0u8; 1];
+        conn.read_exact(&mut reply).unwrap();
+        assert_eq!(conn.exchange(b""), b"");
+    }
+}
+
+#[test]
+fn stderr_lines_of_concurrent_calls_keep_their_connection() {
+    let world = World::new();
+    // Each call says which it is on stderr, in pieces that interleave with
+    // the other calls' pieces, then echoes.
+    world.qube("work").service(
+        "qubes.ConnectTCP",
+        "read id; for i in 1 2 3; do printf \"call $id part $i, \" >&2; sleep 0.05; done; \
+         echo \"call $id end\" >&2; echo \"$id\"",
+    );
+    world.policy("qubes.ConnectTCP * client work allow\n");
+    let daemon = echo_daemon(&world, &[]);
+    let mut conns: Vec<(u16, Conn)> = (0..8)
+        .map(|_| daemon.connect(0))
+        .enumerate()
+        .map(|(i, c)| (i as u16, c))
+        .collect();
+    for (id, conn) in &mut conns {
+        writeln!(conn, "{id}").unwrap();
+    }
+    let ports: Vec<(u16, u16)> = conns
+        .iter_mut()
+        .map(|(id, conn)| {
+            let Conn::Tcp(tcp) = &*conn else {
+                unreachable!("a TCP listener")
+            };
+            let port = tcp.local_addr().unwrap().port();
+            assert_eq!(conn.exchange(b""), format!("{id}\n").into_bytes());
+            (*id, port)
+        })
+        .collect();
+    let text = daemon.wait_stderr_count(": done after ", 8);
+    for (id, port) in ports {
+        let whole = format!(
+            "127.0.0.1:{port} -> work qubes.ConnectTCP+1234: call {id} part 1, call {id} part 2, call {id} part 3, call {id} end\n"
+        );
+        assert!(text.contains(&whole), "no line {whole:?} in:\n{text}");
+    }
+}

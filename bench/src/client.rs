@@ -271,16 +271,24 @@ impl Side {
 
 /// Connections per second, latency and CPU per connection at parallelism
 /// `p`. Every peer listens at once, and the load visits them in turn, in
-/// `s.slices` slices each: a change in the machine's speed during the point
-/// (frequent on a shared host) then falls on every peer alike instead of on
-/// whichever ran at that moment.
+/// `s.slices` slices each (fewer for a peer whose slices outlast the point's
+/// time): a change in the machine's speed during the point (frequent on a
+/// shared host) then falls on every peer alike instead of on whichever ran
+/// at that moment.
 fn rate_point(s: &Setup, r: &mut Results, peers: &[Peer], p: usize, rep: usize) {
     let side = Side::start(s, r, peers, &format!("at parallelism {p}"));
     let slice = Duration::from_secs_f64(s.seconds / s.slices as f64);
     let mut totals: Vec<load::Rate> = side.running.iter().map(|_| load::Rate::default()).collect();
     let order: Vec<usize> = (0..side.running.len()).collect();
+    let budget = Duration::from_secs_f64(s.seconds);
     for k in 0..s.slices {
         for i in rotated(&order, rep + k) {
+            // A slice lasts until its last connection ends: a peer that
+            // keeps connections waiting for seconds (socat's backlog of 5,
+            // SYN retransmissions) has had its time after one slice.
+            if totals[i].elapsed >= budget {
+                continue;
+            }
             let addr = side.running[i].1.addr;
             let max = s.max_connections / s.slices as u64;
             totals[i].add(load::rate(addr, p, slice, max));

@@ -69,20 +69,13 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> 
     Ok(())
 }
 
-/// `pipe2(O_CLOEXEC)`: (read end, write end). With `nonblocking_read` the
-/// read end alone gets `O_NONBLOCK` (pipe2's flag would set it on both, and a
-/// child writing to a non-blocking stderr could lose what it writes).
-pub fn pipe(nonblocking_read: bool) -> io::Result<(OwnedFd, OwnedFd)> {
+/// `pipe2(O_CLOEXEC)`: (read end, write end), both blocking.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0; 2];
     // SAFETY: fds has room for the two descriptors pipe2 returns.
     syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
     // SAFETY: pipe2 returned two new descriptors that nothing else owns.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    if nonblocking_read {
-        // A new pipe's read end has no other status flag: nothing to keep.
-        syscall!(fcntl(read.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK))?;
-    }
-    Ok((read, write))
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// What kind of file an fd refers to, from `fstat(2)`.

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::mem::{MaybeUninit, size_of};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::syscall;
 
@@ -199,6 +199,89 @@ pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
         pid: cred.pid,
         uid: cred.uid,
     })
+}
+
+/// A Unix stream socketpair many children can write their stderr into:
+/// (ours, theirs), both close-on-exec. Ours is non-blocking and has
+/// `SO_PASSCRED`, so that every read tells which process wrote what it
+/// returns (see `recv_from_process`); theirs stays blocking, as a stderr is.
+pub fn stderr_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors socketpair returns.
+    syscall!(socketpair(
+        libc::AF_UNIX,
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+        0,
+        fds.as_mut_ptr()
+    ))?;
+    // SAFETY: socketpair returned two new descriptors that nothing else owns.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a readable int of the size given.
+    syscall!(setsockopt(
+        ours.as_raw_fd(),
+        libc::SOL_SOCKET,
+        libc::SO_PASSCRED,
+        (&on as *const libc::c_int).cast(),
+        size_of::<libc::c_int>() as libc::socklen_t
+    ))?;
+    super::set_nonblocking(ours.as_fd(), true)?;
+    // Nothing flows towards the children: a read of their stderr sees EOF.
+    shutdown(ours.as_fd(), std::net::Shutdown::Write)?;
+    Ok((ours, theirs))
+}
+
+/// `recvmsg(2)` on a socket with `SO_PASSCRED`: bytes written by one
+/// process, and its pid (`None` if the kernel attached none). With
+/// `SO_PASSCRED` set, a Unix stream socket never joins the writes of two
+/// processes in one read (unix(7), `SCM_CREDENTIALS`), so the pid holds for
+/// every byte returned.
+pub fn recv_from_process(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
+    // Room for one control message holding a ucred, aligned for cmsghdr.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid; the pointers set below are.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = size_of::<[u64; 8]>();
+    // SAFETY: msg points to a writable buffer (iov) and control area, both
+    // alive for the call.
+    let n = syscall!(recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC))?;
+    let mut pid = None;
+    // SAFETY: the kernel filled msg_control up to msg_controllen; the CMSG
+    // macros walk only within it. A SCM_CREDENTIALS message carries a ucred,
+    // a SCM_RIGHTS one descriptors now ours (read unaligned: CMSG_DATA
+    // promises no alignment).
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let data = libc::CMSG_DATA(cmsg);
+            let len = (*cmsg).cmsg_len - (data as usize - cmsg as usize);
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
+                    let cred: libc::ucred = std::ptr::read_unaligned(data.cast());
+                    pid = Some(cred.pid);
+                }
+                // Nobody should send us descriptors on a stderr; whoever
+                // does must not make us keep them.
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    for i in 0..len / size_of::<libc::c_int>() {
+                        let fd: libc::c_int =
+                            std::ptr::read_unaligned(data.cast::<libc::c_int>().add(i));
+                        drop(OwnedFd::from_raw_fd(fd));
+                    }
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n as usize, pid))
 }
 
 /// `shutdown(2)` of one or both directions.

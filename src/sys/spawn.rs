@@ -158,7 +158,7 @@ mod tests {
     /// stderr read end and the pid.
     fn start(program: &Program) -> (UnixStream, std::fs::File, u32) {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let (stderr, child_stderr) = crate::sys::pipe(false).unwrap();
+        let (stderr, child_stderr) = crate::sys::pipe().unwrap();
         let pid = program.spawn(theirs.as_fd(), child_stderr.as_fd()).unwrap();
         (ours, std::fs::File::from(stderr), pid)
     }
@@ -207,7 +207,7 @@ mod tests {
         let nul = Program::new(Path::new("/bin/sh"), &[OsStr::new("a\0b")]);
         assert_eq!(nul.err().unwrap().kind(), io::ErrorKind::InvalidInput);
         let program = sh("true");
-        let (_, pipe) = crate::sys::pipe(false).unwrap();
+        let (_, pipe) = crate::sys::pipe().unwrap();
         let stdin = std::io::stdin();
         let low = program.spawn(stdin.as_fd(), pipe.as_fd());
         assert_eq!(low.unwrap_err().kind(), io::ErrorKind::InvalidInput);
