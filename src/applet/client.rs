@@ -22,7 +22,6 @@ use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::qrexec::{self, StdinSocket};
 use crate::stdin_socket;
-use crate::sys;
 
 #[derive(FromArgs, Debug)]
 /// Forward socket-activated connections over qrexec: each accepted connection
@@ -251,47 +250,17 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
         let connection = listeners.into_iter().next().expect("one socket passed");
         return daemon::serve_one(connection, &client, &notifier);
     }
-    let max_connections = fit_fd_limit(args.max_connections, listeners.len());
     daemon::run(
         listeners,
         client,
         Options {
-            max_connections,
+            max_connections: args.max_connections,
             drain_timeout: Duration::from_secs(args.drain_timeout),
             exit_idle_time: args.exit_idle_time.map(Duration::from_secs),
         },
         notifier,
     )?;
     Ok(0)
-}
-
-/// Fds the daemon holds besides its connections: stdio, the event loop,
-/// the signal pipe, the journal, sd_notify, and a spawn in progress.
-const FIXED_FDS: u64 = 32;
-
-/// Raises the open-file limit as far as allowed and lowers
-/// `--max-connections` to what fits in it: each open connection holds one
-/// fd (its child's stderr pipe), and a connection accepted beyond the
-/// limit could only be closed, where one left in the backlog waits its turn.
-fn fit_fd_limit(max_connections: usize, listeners: usize) -> usize {
-    let nofile = match sys::raise_nofile_limit() {
-        Ok(n) => n,
-        Err(e) => {
-            log::warn!("cannot raise the open-file limit: {e}, ignoring");
-            return max_connections;
-        }
-    };
-    let fit = nofile.saturating_sub(FIXED_FDS + listeners as u64);
-    if (max_connections as u64) <= fit {
-        return max_connections;
-    }
-    let fit = fit.max(1) as usize;
-    log::warn!(
-        "--max-connections {max_connections} needs about {} open files and the limit is {nofile} \
-         (LimitNOFILE=): serving at most {fit} connections at once",
-        max_connections as u64 + FIXED_FDS
-    );
-    fit
 }
 
 /// Decides each socket's target and call from its name; refuses the first

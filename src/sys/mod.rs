@@ -129,28 +129,6 @@ pub fn remove_env(name: &str) {
     unsafe { std::env::remove_var(name) }
 }
 
-/// `getrlimit`/`setrlimit(RLIMIT_NOFILE)`: raises the soft limit on open
-/// files to the hard limit and returns it.
-///
-/// systemd starts services with a soft limit of 1024 (for programs that
-/// still use select(2)) and a far higher hard limit, and expects programs
-/// that need more to raise it themselves (`systemd.exec(5)`, LimitNOFILE=).
-pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is valid for writes of an rlimit.
-    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
-    if lim.rlim_cur < lim.rlim_max {
-        lim.rlim_cur = lim.rlim_max;
-        // SAFETY: `lim` is a valid rlimit; raising the soft limit up to the
-        // hard one needs no privilege.
-        syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
-    }
-    Ok(lim.rlim_cur)
-}
-
 /// `mallopt(M_ARENA_MAX, 1)`: every thread allocates from the main arena.
 ///
 /// glibc gives a new thread an arena of its own at its first allocation (std
