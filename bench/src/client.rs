@@ -19,10 +19,25 @@ pub enum Peer {
     Socat,
     Accept,
     Floor,
+    /// A second floor, in the rate and bulk points only: how far two equal
+    /// peers measure apart in the same run, i.e. how much a ratio means.
+    FloorAgain,
 }
 
-pub const PEERS: [Peer; 4] = [Peer::Ours, Peer::Socat, Peer::Accept, Peer::Floor];
-const NAMES: [&str; 4] = ["qrexec-connect-tcp", "socat", "Accept=yes", "floor"];
+pub const PEERS: [Peer; 5] = [
+    Peer::Ours,
+    Peer::Socat,
+    Peer::Accept,
+    Peer::Floor,
+    Peer::FloorAgain,
+];
+const NAMES: [&str; 5] = [
+    "qrexec-connect-tcp",
+    "socat",
+    "Accept=yes",
+    "floor",
+    "floor, again",
+];
 const FLOOR: &str = "floor";
 /// A peer gets this long to start listening.
 const START_LIMIT: Duration = Duration::from_secs(15);
@@ -82,7 +97,7 @@ impl Peer {
                 "bench".into(),
                 call,
             ],
-            Peer::Floor => vec![
+            Peer::Floor | Peer::FloorAgain => vec![
                 activate()?,
                 "-l".into(),
                 listen,
@@ -201,12 +216,17 @@ pub fn run(s: &Setup, r: &mut Results) {
             rate_point(s, r, &peers, p, rep);
         }
         bulk_point(s, r, &peers, rep);
-        for peer in rotated(&peers, rep) {
+        let once: Vec<Peer> = peers
+            .iter()
+            .copied()
+            .filter(|&p| p != Peer::FloorAgain)
+            .collect();
+        for peer in rotated(&once, rep) {
             if let Err(e) = memory_point(s, r, peer) {
                 r.note(format!("{} memory: {e}", peer.name()));
             }
         }
-        first_point(s, r, &peers, rep);
+        first_point(s, r, &once, rep);
     }
 }
 
@@ -625,6 +645,33 @@ pub fn goals(s: &Setup, r: &Results) -> Vec<(String, String, Option<bool>)> {
     rows
 }
 
+/// How far the floor and its second copy measured apart: what a ratio to
+/// the floor can mean in this run.
+pub fn noise(s: &Setup, r: &Results) -> Option<String> {
+    let again = Peer::FloorAgain.name();
+    let ratios: Vec<String> = s
+        .parallelism
+        .iter()
+        .map(|&p| {
+            (
+                format!("P={p}"),
+                r.ratio(&format!("conn/s@{p}"), again, FLOOR),
+            )
+        })
+        .chain([("bulk".to_owned(), r.ratio("bulk MB/s", again, FLOOR))])
+        .filter(|(_, x)| !x.is_nan())
+        .map(|(what, x)| format!("{what} ×{x:.2}"))
+        .collect();
+    (!ratios.is_empty()).then(|| {
+        format!(
+            "The floor against a second copy of itself, measured alongside in the same points \
+             (client side): {}. Two equal peers measure that far apart here, so a ratio within \
+             that distance of a goal does not tell whether it is met.\n\n",
+            ratios.join(", ")
+        )
+    })
+}
+
 /// The client side's sections of RESULTS.md, and its plots.
 pub fn report(s: &Setup, r: &Results, plots: &Path) -> String {
     let floor = |_: &str| Some(FLOOR);
@@ -644,7 +691,7 @@ pub fn report(s: &Setup, r: &Results, plots: &Path) -> String {
         .render(r)
     };
     let mut md = String::from(
-        "## Client side\n\nPeers: **qrexec-connect-tcp** (ours, under `systemd-socket-activate`), **socat** as `qvm-connect-tcp` runs it, **Accept=yes** (`systemd-socket-activate --accept --inetd` starting the stand-in per connection), and the **floor** (`bench-client-floor`: accept and `posix_spawn`, nothing else). Each runs the same compiled echo stand-in for qrexec-client-vm.\n\n",
+        "## Client side\n\nPeers: **qrexec-connect-tcp** (ours, under `systemd-socket-activate`), **socat** as `qvm-connect-tcp` runs it, **Accept=yes** (`systemd-socket-activate --accept --inetd` starting the stand-in per connection), and the **floor** (`bench-client-floor`: accept and `posix_spawn`, nothing else), and in the rate and bulk points a second floor (**floor, again**): two equal peers measured side by side, which shows how far apart the machine's noise puts them. Each runs the same compiled echo stand-in for qrexec-client-vm.\n\n",
     );
     md.push_str("### Connections per second\n\nOne line of request and its echo per connection, P connections at a time; higher is better.\n\n");
     md.push_str(&table(by_p("conn/s")));

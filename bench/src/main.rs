@@ -480,6 +480,11 @@ fn write_results(s: &Setup, r: &mut Results, rep: &Report<'_>) -> String {
     }
     let goals = goals(s, r, rep);
     md.push_str(&goals);
+    if rep.do_client
+        && let Some(noise) = client::noise(s, r)
+    {
+        md.push_str(&noise);
+    }
     if rep.do_client {
         md.push_str(&client::report(s, r, rep.plots));
     }
