@@ -43,9 +43,11 @@ const MAX_RESERVED_SLOTS: usize = 1 << 16;
 /// Reads of the children's stderr per turn of the loop: a child that writes
 /// without pause must not keep the loop from accepting.
 const STDERR_BUDGET: usize = 64;
-/// Reads of the children's stderr before ended children are released (their
-/// last lines are then logged before their end); more only from a flood.
-const REAP_STDERR_BUDGET: usize = 1024;
+/// The most of a connection's stderr that is logged. All children write into
+/// one socket, so the daemon must read it at once whatever one child writes
+/// (the others' writes wait while it is full); past this much it reads and
+/// counts, without logging.
+const MAX_STDERR_LOGGED: u32 = 64 << 10;
 /// Signals read at once from the self-pipe.
 const SIGNAL_BATCH: usize = 64;
 /// STATUS= goes to the manager at most this often.
@@ -148,6 +150,8 @@ impl std::fmt::Display for Peer {
 /// One connection: the qrexec-client-vm that serves it.
 struct Connection {
     pid: u32,
+    /// Bytes its child wrote to stderr (see MAX_STDERR_LOGGED).
+    stderr_bytes: u32,
     /// The start of a stderr line whose end has not arrived yet (rare).
     #[allow(clippy::box_collection, reason = "8 bytes in every slot, not 24")]
     partial: Option<Box<Vec<u8>>>,
@@ -186,6 +190,8 @@ struct Context {
     child_stderr: OwnedFd,
     /// The children's stderr has more to read than the last turn read.
     stderr_pending: bool,
+    /// Children reaped and not yet released (kept to reuse its allocation).
+    ended: Vec<(u32, Exit)>,
     listeners: Vec<Listener>,
     /// One prepared qrexec-client-vm command line per listener.
     programs: Vec<Program>,
@@ -260,6 +266,7 @@ pub fn run(
         stderr,
         child_stderr,
         stderr_pending: false,
+        ended: Vec::new(),
         programs,
         listeners,
         // Reserved once: growing by doubling would leave the freed smaller
@@ -538,6 +545,7 @@ impl Context {
         };
         self.slots[slot] = Some(Connection {
             pid,
+            stderr_bytes: 0,
             partial: None,
             listener: index as u32,
             peer,
@@ -560,7 +568,10 @@ impl Context {
         let mut buf = [0u8; 4096];
         for _ in 0..budget {
             match socket::recv_from_process(self.stderr.as_fd(), &mut buf) {
-                Ok((0, _)) => return true,
+                Ok((0, _)) => {
+                    self.renew_stderr();
+                    return true;
+                }
                 Ok((n, pid)) => self.stderr_from(pid, &buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -571,6 +582,32 @@ impl Context {
             }
         }
         false
+    }
+
+    /// Reads at least what is in the children's stderr socket now: before
+    /// ended children are released, so that their last lines come before
+    /// their end, and none is left to be taken for another process that
+    /// gets the same pid.
+    fn read_stderr_queued(&mut self) {
+        let queued = socket::queued_bytes(self.stderr.as_fd()).unwrap_or(0);
+        let reads = queued.div_ceil(4096) + 1;
+        self.stderr_pending = !self.read_stderr(reads);
+    }
+
+    /// A child shut the shared stderr down (no qrexec-client-vm does): later
+    /// children get a new one, or their first stderr write would fail.
+    fn renew_stderr(&mut self) {
+        error!("a child shut down the children's stderr; making a new one");
+        let renewed = socket::stderr_socketpair().and_then(|(ours, theirs)| {
+            let registry = self.poll.registry();
+            registry.deregister(&mut SourceFd(&self.stderr.as_raw_fd()))?;
+            registry.register(&mut SourceFd(&ours.as_raw_fd()), STDERR, Interest::READABLE)?;
+            Ok((ours, theirs))
+        });
+        match renewed {
+            Ok((ours, theirs)) => (self.stderr, self.child_stderr) = (ours, theirs),
+            Err(e) => error!("cannot make the children a new stderr: {e}"),
+        }
     }
 
     /// Bytes one process wrote to stderr: a connection's child, or (rarely)
@@ -585,7 +622,14 @@ impl Context {
         match conn {
             Some(conn) => {
                 let route = self.listeners[conn.listener as usize].route();
-                feed_stderr(&mut conn.partial, bytes, conn.peer, route);
+                let room = MAX_STDERR_LOGGED.saturating_sub(conn.stderr_bytes) as usize;
+                feed_stderr(
+                    &mut conn.partial,
+                    &bytes[..bytes.len().min(room)],
+                    conn.peer,
+                    route,
+                );
+                conn.stderr_bytes = conn.stderr_bytes.saturating_add(bytes.len() as u32);
             }
             None => {
                 let who = pid.map_or("an unknown process".to_owned(), |p| format!("pid {p}"));
@@ -605,7 +649,8 @@ impl Context {
 
     /// Reaps every child that has ended (after SIGCHLD) and releases its connection.
     fn reap(&mut self) {
-        let mut ended = Vec::new();
+        // Kept between calls: an allocation per connection would walk the heap.
+        let mut ended = std::mem::take(&mut self.ended);
         loop {
             match process::try_wait_any() {
                 Ok(Some(child)) => ended.push(child),
@@ -617,12 +662,12 @@ impl Context {
             }
         }
         if ended.is_empty() {
+            self.ended = ended;
             return;
         }
-        // All they wrote is in the socket now: their lines come before
-        // their end.
-        self.stderr_pending = !self.read_stderr(REAP_STDERR_BUDGET);
-        for (pid, exit) in ended {
+        // All they wrote is in the socket now.
+        self.read_stderr_queued();
+        for (pid, exit) in ended.drain(..) {
             let found = self
                 .slots
                 .iter()
@@ -636,6 +681,7 @@ impl Context {
                 None => debug!("reaped pid {pid}, not a connection's"),
             }
         }
+        self.ended = ended;
     }
 
     /// The one place a connection ends: last stderr lines, the log line,
@@ -644,6 +690,14 @@ impl Context {
         let route = self.listeners[conn.listener as usize].route();
         if let Some(rest) = conn.partial.take() {
             log_stderr_line(&rest, conn.peer, route);
+        }
+        if conn.stderr_bytes > MAX_STDERR_LOGGED {
+            warn!(
+                target: "connection",
+                QREXEC_TARGET = route.target.as_str(), QREXEC_CALL = route.call.as_str();
+                "{} -> {} {}: {} more bytes of stderr not logged",
+                conn.peer, route.target, route.call, conn.stderr_bytes - MAX_STDERR_LOGGED
+            );
         }
         let outcome = Outcome {
             exit,
@@ -744,7 +798,7 @@ impl Context {
                 ))
             })
             .collect();
-        self.read_stderr(REAP_STDERR_BUDGET);
+        self.read_stderr_queued();
         for (slot, exit) in ended {
             if let Some(conn) = self.slots[slot].take() {
                 self.release(conn, exit);

@@ -662,3 +662,32 @@ fn stderr_lines_of_concurrent_calls_keep_their_connection() {
         assert!(text.contains(&whole), "no line {whole:?} in:\n{text}");
     }
 }
+
+#[test]
+fn a_stderr_flood_is_counted_not_logged_and_others_go_on() {
+    let world = World::new();
+    world.qube("work").service(
+        "qubes.ConnectTCP",
+        "read mode; if [ \"$mode\" = flood ]; then head -c 1000000 /dev/zero | tr '\\0' x >&2; \
+         else echo calm here >&2; fi; echo \"$mode\"",
+    );
+    world.policy("qubes.ConnectTCP * client work allow\n");
+    let daemon = echo_daemon(&world, &[]);
+    let mut flood = daemon.connect(0);
+    let mut calm = daemon.connect(0);
+    flood.write_all(b"flood\n").unwrap();
+    calm.write_all(b"calm\n").unwrap();
+    assert_eq!(calm.exchange(b""), b"calm\n");
+    assert_eq!(flood.exchange(b""), b"flood\n");
+    let text = daemon.wait_stderr_count(": done after ", 2);
+    // 64 KiB of it logged (in lines of 4 KiB), the rest only counted.
+    assert!(
+        text.contains(": 934464 more bytes of stderr not logged"),
+        "{text}"
+    );
+    assert_eq!(text.matches(&"x".repeat(4096)).count(), 16, "{text}");
+    assert!(
+        text.contains("qubes.ConnectTCP+1234: calm here\n"),
+        "{text}"
+    );
+}

@@ -261,9 +261,9 @@ pub fn recv_from_process(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usiz
         let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
         while !cmsg.is_null() {
             let data = libc::CMSG_DATA(cmsg);
-            let len = (*cmsg).cmsg_len - (data as usize - cmsg as usize);
+            let len = ((*cmsg).cmsg_len as usize).saturating_sub(data as usize - cmsg as usize);
             match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
-                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) if len >= size_of::<libc::ucred>() => {
                     let cred: libc::ucred = std::ptr::read_unaligned(data.cast());
                     pid = Some(cred.pid);
                 }
@@ -282,6 +282,14 @@ pub fn recv_from_process(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usiz
         }
     }
     Ok((n as usize, pid))
+}
+
+/// `ioctl(FIONREAD)`: bytes waiting to be read on a socket.
+pub fn queued_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int to the pointer given.
+    syscall!(ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n))?;
+    Ok(n.max(0) as usize)
 }
 
 /// `shutdown(2)` of one or both directions.

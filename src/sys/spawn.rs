@@ -57,7 +57,8 @@ impl Program {
     }
 
     /// Starts the program with `stdio` as its stdin and stdout, `stderr` as
-    /// its stderr, this process's environment and an empty signal mask;
+    /// its stderr, this process's environment, an empty signal mask and
+    /// SIGPIPE at its default action;
     /// returns its pid. Every other descriptor of ours is close-on-exec.
     ///
     /// Both descriptors must be above 2 (`InvalidInput` otherwise): a dup2
@@ -108,14 +109,20 @@ impl Program {
             check(libc::posix_spawn_file_actions_adddup2(actions, stdio, 1))?;
             check(libc::posix_spawn_file_actions_adddup2(actions, stderr, 2))?;
             // A child starts with no signal blocked, whatever mask we were
-            // started with. Our handlers need no reset: execve(2) sets every
-            // handled signal back to its default action.
+            // started with, and with SIGPIPE at its default action: Rust's
+            // runtime ignores it in this process, and an ignored signal
+            // stays ignored across execve(2). Handled signals need no reset:
+            // execve sets them back to their default.
             let mut empty = MaybeUninit::<libc::sigset_t>::uninit();
             libc::sigemptyset(empty.as_mut_ptr());
             check(libc::posix_spawnattr_setsigmask(attr, empty.as_ptr()))?;
+            let mut default = MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(default.as_mut_ptr());
+            libc::sigaddset(default.as_mut_ptr(), libc::SIGPIPE);
+            check(libc::posix_spawnattr_setsigdefault(attr, default.as_ptr()))?;
             check(libc::posix_spawnattr_setflags(
                 attr,
-                libc::POSIX_SPAWN_SETSIGMASK as libc::c_short,
+                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
             ))?;
             let mut pid: libc::pid_t = 0;
             check(libc::posix_spawn(
@@ -180,7 +187,7 @@ mod tests {
     }
 
     #[test]
-    fn the_child_has_no_signal_blocked() {
+    fn the_child_has_no_signal_blocked_and_sigpipe_default() {
         let mut block = MaybeUninit::<libc::sigset_t>::uninit();
         // SAFETY: `block` is initialized by sigemptyset before sigaddset and
         // pthread_sigmask read it; the mask is this test thread's own.
@@ -189,7 +196,7 @@ mod tests {
             libc::sigaddset(block.as_mut_ptr(), libc::SIGTERM);
             libc::pthread_sigmask(libc::SIG_BLOCK, block.as_ptr(), std::ptr::null_mut());
         }
-        let program = sh("grep SigBlk /proc/self/status");
+        let program = sh("grep -e SigBlk -e SigIgn /proc/self/status");
         let (ours, stderr, pid) = start(&program);
         // SAFETY: as above; restores this thread's mask.
         unsafe {
@@ -199,7 +206,20 @@ mod tests {
         let mut out = String::new();
         (&ours).read_to_string(&mut out).unwrap();
         crate::sys::process::wait(pid).unwrap();
-        assert_eq!(out, "SigBlk:\t0000000000000000\n");
+        let mut lines = out.lines();
+        assert_eq!(lines.next(), Some("SigBlk:\t0000000000000000"));
+        // SIGPIPE (bit 12), ignored in this test process by Rust's runtime,
+        // is not ignored in the child.
+        let ignored = lines
+            .next()
+            .and_then(|l| l.strip_prefix("SigIgn:\t"))
+            .unwrap();
+        let ignored = u64::from_str_radix(ignored, 16).unwrap();
+        assert_eq!(
+            ignored & (1 << (libc::SIGPIPE - 1)),
+            0,
+            "SigIgn {ignored:x}"
+        );
     }
 
     #[test]
