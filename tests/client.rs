@@ -691,3 +691,24 @@ fn a_stderr_flood_is_counted_not_logged_and_others_go_on() {
         "{text}"
     );
 }
+
+#[test]
+fn a_child_that_shuts_the_shared_stderr_does_not_silence_the_next() {
+    let world = World::new();
+    world.qube("work").service(
+        "qubes.ConnectTCP",
+        "echo said by $QREXEC_REMOTE_DOMAIN >&2; exec cat",
+    );
+    world.policy("qubes.ConnectTCP * client work allow\n");
+    let daemon = echo_daemon(&world, &[]);
+    // The first call shuts its stderr (every child's) down for writing.
+    std::fs::write(world.root().join("shut-stderr-once"), "").unwrap();
+    assert_eq!(daemon.connect(0).exchange(b"one\n"), b"one\n");
+    daemon.wait_stderr("a child shut down the children's stderr; making a new one");
+    assert_eq!(daemon.connect(0).exchange(b"two\n"), b"two\n");
+    let text = daemon.wait_stderr_count(": done after ", 2);
+    assert!(
+        text.contains("-> work qubes.ConnectTCP+1234: said by client\n"),
+        "{text}"
+    );
+}

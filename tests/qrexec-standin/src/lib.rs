@@ -205,6 +205,11 @@ fn run(args: &[Vec<u8>], root: Option<&Path>, notes: &mut Notes) -> u8 {
         return 0;
     }
     notes.flag("use_stdin_socket", options.use_stdin_socket);
+    // A test's switch, taken by one call: shut stderr down for writing, as
+    // no qrexec-client-vm does, to see its caller cope.
+    if root.is_some_and(|r| std::fs::remove_file(r.join("shut-stderr-once")).is_ok()) {
+        notes.flag("shut_stderr", sys::shutdown_write(sys::stdio(2)).is_ok());
+    }
     if let Some(size) = options.buffer_size {
         notes.set("buffer_size", size.to_string());
     }
