@@ -58,6 +58,14 @@ cgroup=$1 compat=$2 uid=$3 gid=$4 nbinds=$5 journald=$6 systemd=$7
 shift 7
 mount -t tmpfs -o mode=0755 qrc-run /run
 mkdir -p /run/systemd/system /run/systemd/journal /run/systemd/journald.conf.d "/run/user/$uid"
+# PID 1 creates it at boot; without it a user manager cannot give a service
+# a mount namespace of its own (PrivateUsers=, ProtectSystem=, PrivateTmp=).
+mkdir -m 0755 /run/systemd/unit-root
+# The tests' widening of the units' confinement: the stand-in that plays the
+# other qube connects to /dev/tcp services over TCP (docs/security.md).
+mkdir -p /run/systemd/user/qrexec-.service.d
+printf '[Service]\nRestrictAddressFamilies=AF_INET AF_INET6\n' \
+    > /run/systemd/user/qrexec-.service.d/50-test-standin.conf
 chown "$uid:$gid" "/run/user/$uid"
 chmod 0700 "/run/user/$uid"
 # Write to /var/log/journal from the start, as after systemd-journal-flush.
