@@ -7,25 +7,24 @@
 //! qubes.ConnectNFS always connects to port 2049: its tests take that port
 //! one at a time (`NFS_PORT`).
 
+mod common;
+
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{Conn, DEADLINE, TempDir, binary, wait_for};
 use sha2::{Digest, Sha256};
-
-const BIN: &str = env!("CARGO_BIN_EXE_qrexec-connect");
-/// Longest any single step may take before a test gives up (a hang is a failure).
-const DEADLINE: Duration = Duration::from_secs(60);
+use test_support::sys;
 const REMOTE: &str = "client-qube";
 const NFS: u16 = 2049;
 const MIB: u64 = 1 << 20;
@@ -37,30 +36,6 @@ const CONNECT_NFS: &str = "qubes.ConnectNFS";
 // ---------------------------------------------------------------------------
 // Fixtures
 
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("qc-service-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Port 2049 is one per machine: NFS tests take turns.
 fn nfs_port() -> MutexGuard<'static, ()> {
     static NFS_PORT: Mutex<()> = Mutex::new(());
@@ -71,23 +46,7 @@ fn nfs_port() -> MutexGuard<'static, ()> {
 
 /// Waits until `fd` is ready for `events` (POLLIN, POLLOUT); false at the timeout.
 fn ready_within(fd: impl AsFd, events: libc::c_short, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_fd().as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
-        if n > 0 {
-            return true;
-        }
-        if n == 0 || Instant::now() >= deadline {
-            return false;
-        }
-    }
+    sys::poll(fd.as_fd(), events, Some(timeout)).expect("poll")
 }
 
 /// Waits until `fd` is readable (a connection to accept, data to read).
@@ -108,53 +67,6 @@ fn within_deadline(fd: impl AsFd, events: libc::c_short) -> io::Result<()> {
     }
 }
 
-/// One end of a server's connection, Unix or TCP.
-trait Conn: Read + Write + Send {
-    fn shutdown_write(&self);
-    fn clone_box(&self) -> Box<dyn Conn>;
-    /// Closes with a reset (SO_LINGER 0) instead of an orderly end.
-    fn reset(self: Box<Self>);
-}
-
-impl Conn for UnixStream {
-    fn shutdown_write(&self) {
-        let _ = self.shutdown(Shutdown::Write);
-    }
-    fn clone_box(&self) -> Box<dyn Conn> {
-        Box::new(self.try_clone().unwrap())
-    }
-    fn reset(self: Box<Self>) {
-        drop(self);
-    }
-}
-
-impl Conn for TcpStream {
-    fn shutdown_write(&self) {
-        let _ = self.shutdown(Shutdown::Write);
-    }
-    fn clone_box(&self) -> Box<dyn Conn> {
-        Box::new(self.try_clone().unwrap())
-    }
-    fn reset(self: Box<Self>) {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: the option value is a valid `linger` of the size given.
-        let res = unsafe {
-            libc::setsockopt(
-                self.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(res, 0, "SO_LINGER: {}", io::Error::last_os_error());
-        drop(self);
-    }
-}
-
 /// A listening socket the service should (or must not) reach.
 enum Listener {
     Unix(UnixListener),
@@ -170,25 +82,21 @@ impl Listener {
     }
 
     /// Accepts one connection, failing the test if none comes in time.
-    fn accept(&self) -> (Box<dyn Conn>, Option<SocketAddr>) {
+    fn accept(&self) -> (Conn, Option<SocketAddr>) {
         assert!(
             readable_within(self.fd(), DEADLINE),
             "the service never connected"
         );
-        match self {
-            Listener::Unix(l) => {
-                let s = l.accept().unwrap().0;
-                s.set_read_timeout(Some(DEADLINE)).unwrap();
-                s.set_write_timeout(Some(DEADLINE)).unwrap();
-                (Box::new(s), None)
-            }
+        let (conn, peer) = match self {
+            Listener::Unix(l) => (Conn::Unix(l.accept().unwrap().0), None),
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().unwrap();
-                s.set_read_timeout(Some(DEADLINE)).unwrap();
-                s.set_write_timeout(Some(DEADLINE)).unwrap();
-                (Box::new(s), Some(peer))
+                (Conn::Tcp(s), Some(peer))
             }
-        }
+        };
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        conn.set_write_timeout(Some(DEADLINE)).unwrap();
+        (conn, peer)
     }
 
     /// Whether a connection is waiting, without accepting it: after the
@@ -201,7 +109,7 @@ impl Listener {
 /// Accepts one connection in a thread and runs `handler` on it.
 fn serve<T: Send + 'static>(
     listener: Listener,
-    handler: impl FnOnce(Box<dyn Conn>) -> T + Send + 'static,
+    handler: impl FnOnce(Conn) -> T + Send + 'static,
 ) -> JoinHandle<(Option<SocketAddr>, T)> {
     thread::spawn(move || {
         let (conn, peer) = listener.accept();
@@ -223,7 +131,7 @@ struct Setup {
 
 impl Setup {
     fn new(applet: &'static str) -> Self {
-        let dir = TempDir::new();
+        let dir = TempDir::new("svc");
         let (argument, bind, runtime_dir, listener, nfs) = match applet {
             UNIX => {
                 // The real socket lives elsewhere; the allow-list holds a link.
@@ -303,7 +211,7 @@ impl Setup {
 /// `applet` as qrexec-agent runs it: argv[0] the service name, argv[1] the
 /// argument when not empty, the argument also in QREXEC_SERVICE_ARGUMENT.
 fn service_command(applet: &str, argument: &str, runtime_dir: Option<&Path>) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(binary());
     cmd.arg0(applet)
         .env_clear()
         .env("QREXEC_SERVICE_ARGUMENT", argument)
@@ -330,12 +238,8 @@ enum Stdio2 {
 /// A pipe (read end, write end), close-on-exec so that no other child
 /// started meanwhile holds it open.
 fn pipe() -> (fs::File, fs::File) {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
-    let res = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(res, 0, "pipe2: {}", io::Error::last_os_error());
-    // SAFETY: pipe2 succeeded: both are new descriptors owned by nobody else.
-    unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) }
+    let (read, write) = sys::pipe().expect("pipe2");
+    (read.into(), write.into())
 }
 
 /// Our end of the service's stdin.
@@ -455,7 +359,7 @@ impl Service {
 
     /// Waits for the service to exit; returns its status and stderr.
     fn wait(mut self) -> (ExitStatus, String) {
-        let status = wait_within(&mut self.child, DEADLINE);
+        let status = wait_exit(&mut self.child);
         let stderr = self.stderr.take().unwrap().join().unwrap();
         (status, stderr)
     }
@@ -470,18 +374,9 @@ impl Drop for Service {
     }
 }
 
-fn wait_within(child: &mut Child, timeout: Duration) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service did not exit in time"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+/// Waits for `child` to exit; fails the test after the deadline.
+fn wait_exit(child: &mut Child) -> ExitStatus {
+    wait_for("the service to exit", || child.try_wait().unwrap())
 }
 
 // ---------------------------------------------------------------------------
@@ -624,7 +519,7 @@ fn server_ends_first(applet: &'static str, stdio: Stdio2) {
     let mut setup = Setup::new(applet);
     let server = serve(setup.take_listener(), |mut conn| {
         conn.write_all(b"greeting").unwrap();
-        conn.shutdown_write();
+        let _ = conn.shutdown_write();
         let mut late = Vec::new();
         conn.read_to_end(&mut late).unwrap();
         late
@@ -657,11 +552,11 @@ fn tcp_bind_server_ends_first_pipes() {
 fn integrity(applet: &'static str, stdio: Stdio2, len: u64, env: &[(&str, &str)]) {
     let mut setup = Setup::new(applet);
     let server = serve(setup.take_listener(), move |conn| {
-        let mut reader = conn.clone_box();
+        let mut reader = conn.try_clone().unwrap();
         let received = thread::spawn(move || digest_to_eof(&mut reader));
         let mut conn = conn;
         let sent = Stream::new(3, len).send(&mut conn).unwrap();
-        conn.shutdown_write();
+        let _ = conn.shutdown_write();
         (sent, received.join().unwrap())
     });
     let mut cmd = setup.command();
@@ -718,7 +613,7 @@ fn splice_einval_falls_back_to_read_write() {
     let len = 8 * MIB + 5;
     let server = serve(setup.take_listener(), move |mut conn| {
         let sent = Stream::new(4, len).send(&mut conn).unwrap();
-        conn.shutdown_write();
+        let _ = conn.shutdown_write();
         sent
     });
     let out_path = setup.dir.path().join("appended");
@@ -749,7 +644,7 @@ fn splice_einval_falls_back_to_read_write() {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let status = wait_within(&mut child.0, DEADLINE);
+    let status = wait_exit(&mut child.0);
     let (_, sent) = server.join().unwrap();
     assert_clean_exit(status, &stderr.join().unwrap());
     let mut file = fs::File::open(&out_path).unwrap();
@@ -844,7 +739,7 @@ fn run_to_end(mut cmd: Command) -> (ExitStatus, String) {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let status = wait_within(&mut child.0, DEADLINE);
+    let status = wait_exit(&mut child.0);
     assert_eq!(
         stdout.join().unwrap(),
         b"",
@@ -867,7 +762,7 @@ impl Drop for Killed {
 
 #[test]
 fn missing_unix_socket_says_how_to_link_it() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     fs::create_dir_all(dir.path().join(UNIX)).unwrap();
     let (status, stderr) = run_to_end(service_command(UNIX, "gpg-agent-ssh", Some(dir.path())));
     assert_eq!(status.code(), Some(1));
@@ -885,7 +780,7 @@ fn missing_unix_socket_says_how_to_link_it() {
 
 #[test]
 fn dangling_link_is_a_missing_socket() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     fs::create_dir_all(dir.path().join(UNIX)).unwrap();
     symlink(
         dir.path().join("gone.sock"),
@@ -903,7 +798,7 @@ fn dangling_link_is_a_missing_socket() {
 
 #[test]
 fn socket_without_listener_is_refused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     fs::create_dir_all(dir.path().join(UNIX)).unwrap();
     let path = dir.path().join(UNIX).join("agent");
     drop(UnixListener::bind(&path).unwrap());
@@ -916,8 +811,7 @@ fn socket_without_listener_is_refused() {
 
 #[test]
 fn without_xdg_runtime_dir_uses_run_user_uid() {
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
+    let uid = sys::getuid();
     // A name nobody has linked, so the message shows where it was looked for.
     let name = format!("qc-test-absent-{}", std::process::id());
     let (status, stderr) = run_to_end(service_command(UNIX, &name, None));
@@ -977,7 +871,7 @@ fn applet_link(dir: &TempDir, applet: &str) -> PathBuf {
     let _ = fs::create_dir(&bin);
     let link = bin.join(applet);
     if !link.exists() {
-        symlink(BIN, &link).unwrap();
+        symlink(binary(), &link).unwrap();
     }
     link
 }
@@ -991,7 +885,7 @@ fn refuses(
     traps: &[Listener],
     runtime: &Path,
 ) {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     let trace = dir.path().join("trace");
     let traced = strace();
     let mut cmd = match &traced {
@@ -1003,7 +897,7 @@ fn refuses(
             cmd
         }
         None => {
-            let mut cmd = Command::new(BIN);
+            let mut cmd = Command::new(binary());
             cmd.arg0(applet);
             cmd
         }
@@ -1069,7 +963,7 @@ fn unix_traps(dir: &TempDir, names: &[&str], outside: &[&str]) -> (PathBuf, Vec<
 }
 
 fn refuses_unix_name(argument: &str, trap_names: &[&str], outside: &[&str]) {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     let (runtime, traps) = unix_traps(&dir, trap_names, outside);
     let argv: Vec<&str> = [argument].into_iter().filter(|a| !a.is_empty()).collect();
     refuses(UNIX, argument, &argv, &traps, &runtime);
@@ -1139,21 +1033,21 @@ fn unix_refuses_name_too_long_for_a_call() {
 
 #[test]
 fn unix_refuses_argv_that_differs_from_the_environment() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     let (runtime, traps) = unix_traps(&dir, &["agent", "other"], &[]);
     refuses(UNIX, "agent", &["other"], &traps, &runtime);
 }
 
 #[test]
 fn unix_refuses_argv_without_an_argument_in_the_environment() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     let (runtime, traps) = unix_traps(&dir, &["agent"], &[]);
     refuses(UNIX, "", &["agent"], &traps, &runtime);
 }
 
 #[test]
 fn unix_refuses_a_second_argument() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     let (runtime, traps) = unix_traps(&dir, &["agent"], &[]);
     refuses(UNIX, "agent", &["agent", "agent"], &traps, &runtime);
 }
@@ -1167,7 +1061,7 @@ fn tcp_trap() -> (Listener, u16) {
 
 /// `argument(port)` with a trap listening on `port`.
 fn refuses_tcp_bind(argument: impl Fn(u16) -> String) {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     let (trap, port) = tcp_trap();
     let argument = argument(port);
     let argv: Vec<&str> = [argument.as_str()]
@@ -1251,7 +1145,7 @@ fn tcp_bind_refuses_trailing_words() {
 /// `argument` for qubes.ConnectNFS with a trap on port 2049.
 fn refuses_nfs(argument: &str) {
     let _port = nfs_port();
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     let trap = Listener::Tcp(TcpListener::bind(("127.0.0.1", NFS)).unwrap());
     let argv: Vec<&str> = [argument].into_iter().filter(|a| !a.is_empty()).collect();
     refuses(CONNECT_NFS, argument, &argv, &[trap], dir.path());
@@ -1306,8 +1200,7 @@ fn nfs_refuses_host_name() {
 /// test's own, mounted over /run in a private mount namespace (root only).
 #[test]
 fn one_journal_line_per_connection() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if sys::geteuid() != 0 {
         eprintln!("skipped: needs root for a private mount namespace");
         return;
     }
@@ -1406,7 +1299,7 @@ fn journal_fields(mut data: &[u8]) -> Vec<(String, String)> {
 
 #[test]
 fn help_only_when_started_by_hand() {
-    let out = Command::new(BIN)
+    let out = Command::new(binary())
         .arg0(TCP_BIND)
         .arg("--help")
         .env_remove("QREXEC_SERVICE_ARGUMENT")
@@ -1419,6 +1312,6 @@ fn help_only_when_started_by_hand() {
         "{help}"
     );
     // From qrexec, `--help` is just a (bad) argument, never an option.
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     refuses(TCP_BIND, "--help", &["--help"], &[], dir.path());
 }
