@@ -22,7 +22,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use common::{Conn, DEADLINE, TempDir, binary, wait_for};
+use common::{Conn, DEADLINE, TempDir, binary, each_case, wait_for};
 use sha2::{Digest, Sha256};
 use test_support::sys;
 const REMOTE: &str = "client-qube";
@@ -483,34 +483,21 @@ fn request_then_digest(applet: &'static str, stdio: Stdio2) {
     assert_clean_exit(status, &stderr);
 }
 
-#[test]
-fn unix_socketpairs_half_close() {
-    request_then_digest(UNIX, Stdio2::Sockets);
-}
+/// Every applet, over socketpairs and over pipes.
+const EVERY_APPLET_AND_STDIO: &[(&str, Stdio2)] = &[
+    (UNIX, Stdio2::Sockets),
+    (UNIX, Stdio2::Pipes),
+    (TCP_BIND, Stdio2::Sockets),
+    (TCP_BIND, Stdio2::Pipes),
+    (CONNECT_NFS, Stdio2::Sockets),
+    (CONNECT_NFS, Stdio2::Pipes),
+];
 
 #[test]
-fn unix_pipes_half_close() {
-    request_then_digest(UNIX, Stdio2::Pipes);
-}
-
-#[test]
-fn tcp_bind_socketpairs_half_close() {
-    request_then_digest(TCP_BIND, Stdio2::Sockets);
-}
-
-#[test]
-fn tcp_bind_pipes_half_close() {
-    request_then_digest(TCP_BIND, Stdio2::Pipes);
-}
-
-#[test]
-fn nfs_socketpairs_half_close() {
-    request_then_digest(CONNECT_NFS, Stdio2::Sockets);
-}
-
-#[test]
-fn nfs_pipes_half_close() {
-    request_then_digest(CONNECT_NFS, Stdio2::Pipes);
+fn half_close() {
+    each_case(EVERY_APPLET_AND_STDIO, |&(applet, stdio)| {
+        request_then_digest(applet, stdio)
+    });
 }
 
 /// The server speaks first and ends its side; the client reads that end of
@@ -539,13 +526,11 @@ fn server_ends_first(applet: &'static str, stdio: Stdio2) {
 }
 
 #[test]
-fn unix_server_ends_first_socketpairs() {
-    server_ends_first(UNIX, Stdio2::Sockets);
-}
-
-#[test]
-fn tcp_bind_server_ends_first_pipes() {
-    server_ends_first(TCP_BIND, Stdio2::Pipes);
+fn server_ends_first_then_the_client_sends() {
+    each_case(
+        &[(UNIX, Stdio2::Sockets), (TCP_BIND, Stdio2::Pipes)],
+        |&(applet, stdio)| server_ends_first(applet, stdio),
+    );
 }
 
 /// `len` bytes each way at once, each stream checked by SHA-256 at its end.
@@ -580,28 +565,20 @@ fn integrity(applet: &'static str, stdio: Stdio2, len: u64, env: &[(&str, &str)]
     assert_clean_exit(status, &stderr);
 }
 
+/// 256 MiB each way through splice for each applet, and 64 MiB through the
+/// read/write fallback (`QREXEC_CONNECT_RELAY=copy`).
 #[test]
-fn unix_256_mib_each_way_socketpairs() {
-    integrity(UNIX, Stdio2::Sockets, 256 * MIB, &[]);
-}
-
-#[test]
-fn tcp_bind_256_mib_each_way_pipes() {
-    integrity(TCP_BIND, Stdio2::Pipes, 256 * MIB, &[]);
-}
-
-#[test]
-fn nfs_256_mib_each_way_socketpairs() {
-    integrity(CONNECT_NFS, Stdio2::Sockets, 256 * MIB, &[]);
-}
-
-#[test]
-fn read_write_fallback_64_mib_each_way() {
-    integrity(
-        TCP_BIND,
-        Stdio2::Sockets,
-        64 * MIB,
-        &[("QREXEC_CONNECT_RELAY", "copy")],
+fn each_way_at_once_intact() {
+    let splice: &[(&str, &str)] = &[];
+    let copy: &[(&str, &str)] = &[("QREXEC_CONNECT_RELAY", "copy")];
+    each_case(
+        &[
+            (UNIX, Stdio2::Sockets, 256 * MIB, splice),
+            (TCP_BIND, Stdio2::Pipes, 256 * MIB, splice),
+            (CONNECT_NFS, Stdio2::Sockets, 256 * MIB, splice),
+            (TCP_BIND, Stdio2::Sockets, 64 * MIB, copy),
+        ],
+        |&(applet, stdio, len, env)| integrity(applet, stdio, len, env),
     );
 }
 
@@ -708,13 +685,10 @@ fn closed_stdout(stdio: Stdio2) {
 }
 
 #[test]
-fn closed_stdout_pipe_is_epipe_not_sigpipe() {
-    closed_stdout(Stdio2::Pipes);
-}
-
-#[test]
-fn closed_stdout_socket_is_epipe() {
-    closed_stdout(Stdio2::Sockets);
+fn closed_stdout_is_epipe_not_sigpipe() {
+    each_case(&[Stdio2::Pipes, Stdio2::Sockets], |&stdio| {
+        closed_stdout(stdio)
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -876,14 +850,16 @@ fn applet_link(dir: &TempDir, applet: &str) -> PathBuf {
     link
 }
 
-/// Runs `applet` with a bad `argument` (in the environment and argv[1], as
-/// qrexec would) next to `traps`, listeners where a lax parser could lead.
+/// Runs `applet` with a bad `argument` (in the environment and `argv`, as
+/// qrexec would) next to `traps`, listeners where a lax parser could lead:
+/// it exits 2 with one line, `APPLET: error: REASON`, and touches nothing.
 fn refuses(
     applet: &'static str,
     argument: &str,
     argv: &[&str],
     traps: &[Listener],
     runtime: &Path,
+    reason: &str,
 ) {
     let dir = TempDir::new("svc");
     let trace = dir.path().join("trace");
@@ -909,7 +885,11 @@ fn refuses(
         .env("XDG_RUNTIME_DIR", runtime);
     let (status, stderr) = run_to_end(cmd);
     assert_eq!(status.code(), Some(2), "{argument:?}: {stderr}");
-    assert_one_line(&stderr, applet);
+    assert_eq!(
+        stderr,
+        format!("{applet}: error: {reason}\n"),
+        "{argument:?}: the one line and its reason"
+    );
     for (i, trap) in traps.iter().enumerate() {
         assert!(!trap.was_reached(), "{argument:?} reached trap {i}");
     }
@@ -962,234 +942,173 @@ fn unix_traps(dir: &TempDir, names: &[&str], outside: &[&str]) -> (PathBuf, Vec<
     (runtime, traps)
 }
 
-fn refuses_unix_name(argument: &str, trap_names: &[&str], outside: &[&str]) {
-    let dir = TempDir::new("svc");
-    let (runtime, traps) = unix_traps(&dir, trap_names, outside);
-    let argv: Vec<&str> = [argument].into_iter().filter(|a| !a.is_empty()).collect();
-    refuses(UNIX, argument, &argv, &traps, &runtime);
+/// The argument as qrexec passes it in argv: none when it is empty.
+fn argv_of(argument: &str) -> Vec<&str> {
+    [argument].into_iter().filter(|a| !a.is_empty()).collect()
 }
 
+/// A bad socket name for qubes.ConnectUnix: the name, listeners under these
+/// names in the allow-list and outside it (where a lax parser could lead),
+/// and the reason it is refused.
 #[test]
-fn unix_refuses_empty_name() {
-    refuses_unix_name("", &[], &[]);
-}
-
-#[test]
-fn unix_refuses_dot() {
-    refuses_unix_name(".", &[], &[]);
-}
-
-#[test]
-fn unix_refuses_dot_dot() {
-    refuses_unix_name("..", &[], &[]);
-}
-
-#[test]
-fn unix_refuses_hidden_name() {
-    refuses_unix_name(".hidden", &[".hidden"], &[]);
-}
-
-#[test]
-fn unix_refuses_parent_path() {
-    refuses_unix_name("../outside", &[], &["outside"]);
-}
-
-#[test]
-fn unix_refuses_slash() {
-    refuses_unix_name("sub/agent", &["sub/agent"], &[]);
-}
-
-#[test]
-fn unix_refuses_space() {
-    refuses_unix_name("an agent", &["an agent"], &[]);
-}
-
-#[test]
-fn unix_refuses_plus() {
-    refuses_unix_name("a+b", &["a+b"], &[]);
-}
-
-#[test]
-fn unix_refuses_character_qrexec_would_replace() {
-    refuses_unix_name("agent*", &["agent*"], &[]);
-}
-
-#[test]
-fn unix_refuses_non_ascii() {
-    refuses_unix_name("agént", &["agént"], &[]);
-}
-
-#[test]
-fn unix_refuses_newline() {
-    refuses_unix_name("agent\nx", &["agent\nx"], &[]);
-}
-
-#[test]
-fn unix_refuses_name_too_long_for_a_call() {
+fn unix_refuses_bad_names() {
     // "qubes.ConnectUnix+" and the name must fit qrexec's 63 bytes.
     let long = "a".repeat(63 - "qubes.ConnectUnix+".len() + 1);
-    refuses_unix_name(&long, &[long.as_str()], &[]);
+    let not_allowed =
+        |c: &str| format!("character '{c}' is not allowed in a socket name (A-Z a-z 0-9 _ . -)");
+    let starts_with_dot = |name: &str| format!("socket name '{name}' starts with '.'");
+    let cases: &[(&str, &[&str], &[&str], String)] = &[
+        ("", &[], &[], "empty socket name".into()),
+        (".", &[], &[], starts_with_dot(".")),
+        ("..", &[], &[], starts_with_dot("..")),
+        (".hidden", &[".hidden"], &[], starts_with_dot(".hidden")),
+        (
+            "../outside",
+            &[],
+            &["outside"],
+            starts_with_dot("../outside"),
+        ),
+        ("sub/agent", &["sub/agent"], &[], not_allowed("/")),
+        ("an agent", &["an agent"], &[], not_allowed(" ")),
+        ("a+b", &["a+b"], &[], not_allowed("+")),
+        // One that qrexec would replace with '_'.
+        ("agent*", &["agent*"], &[], not_allowed("*")),
+        ("agént", &["agént"], &[], not_allowed("é")),
+        ("agent\nx", &["agent\nx"], &[], not_allowed("\\n")),
+        (
+            &long,
+            &[long.as_str()],
+            &[],
+            "socket name longer than 45 bytes (the whole call must fit in 63)".into(),
+        ),
+    ];
+    each_case(cases, |(argument, names, outside, reason)| {
+        let dir = TempDir::new("svc");
+        let (runtime, traps) = unix_traps(&dir, names, outside);
+        refuses(UNIX, argument, &argv_of(argument), &traps, &runtime, reason);
+    });
 }
 
+/// argv that is not the argument in the environment, as qrexec gives it.
 #[test]
-fn unix_refuses_argv_that_differs_from_the_environment() {
-    let dir = TempDir::new("svc");
-    let (runtime, traps) = unix_traps(&dir, &["agent", "other"], &[]);
-    refuses(UNIX, "agent", &["other"], &traps, &runtime);
+fn unix_refuses_argv_other_than_the_argument() {
+    // (QREXEC_SERVICE_ARGUMENT, argv, reason)
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "agent",
+            &["other"],
+            "argument 'other' differs from QREXEC_SERVICE_ARGUMENT 'agent'",
+        ),
+        (
+            "",
+            &["agent"],
+            "argument 'agent' differs from QREXEC_SERVICE_ARGUMENT ''",
+        ),
+        (
+            "agent",
+            &["agent", "agent"],
+            "expected at most one argument (the call's), got 2",
+        ),
+    ];
+    each_case(cases, |(argument, argv, reason)| {
+        let dir = TempDir::new("svc");
+        let (runtime, traps) = unix_traps(&dir, &["agent", "other"], &[]);
+        refuses(UNIX, argument, argv, &traps, &runtime, reason);
+    });
 }
 
+/// A bad PORT-BINDADDR for qubes.ConnectTCPBind, with a trap listening on
+/// 127.0.0.1 at the port it names: `{port}` in the argument and the reason
+/// is the trap's port, `{port+65536}` that plus 65536 (taken modulo 65536,
+/// it would be the trap's port).
 #[test]
-fn unix_refuses_argv_without_an_argument_in_the_environment() {
-    let dir = TempDir::new("svc");
-    let (runtime, traps) = unix_traps(&dir, &["agent"], &[]);
-    refuses(UNIX, "", &["agent"], &traps, &runtime);
+fn tcp_bind_refuses_bad_arguments() {
+    let no_pair = "'{arg}' is not PORT-BINDADDR (for example 2049-127.0.1.1)";
+    let port =
+        |p: &str| format!("port '{p}' is not a number from 1 to 65535 without leading zeros");
+    let not_ipv4 = |a: &str| format!("bind address '{a}' is not an IPv4 address like 127.0.1.1");
+    let cases: &[(&str, String)] = &[
+        ("", no_pair.into()),
+        ("{port}", no_pair.into()),
+        ("-127.0.1.1", port("")),
+        ("0-127.0.1.1", port("0")),
+        ("{port+65536}-127.0.1.1", port("{port+65536}")),
+        ("0{port}-127.0.1.1", port("0{port}")),
+        ("+{port}-127.0.1.1", port("+{port}")),
+        ("{port}-", not_ipv4("")),
+        (
+            "{port}-10.0.0.1",
+            "bind address '10.0.0.1' is outside 127.0.0.0/8: the bind side stays on the loopback interface"
+                .into(),
+        ),
+        ("{port}-::1", not_ipv4("::1")),
+        (
+            "{port}-127.255.255.255",
+            "bind address '127.255.255.255' is the broadcast address of 127.0.0.0/8, not a host"
+                .into(),
+        ),
+        ("{port}-127.1", not_ipv4("127.1")),
+        ("{port}-127.0.0.01", not_ipv4("127.0.0.01")),
+        ("{port}-127.0.1.1-x", not_ipv4("127.0.1.1-x")),
+    ];
+    each_case(cases, |(argument, reason)| {
+        let dir = TempDir::new("svc");
+        let trap = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = trap.local_addr().unwrap().port();
+        let fill = |text: &str| {
+            text.replace("{port+65536}", &(u32::from(port) + 65536).to_string())
+                .replace("{port}", &port.to_string())
+        };
+        let argument = fill(argument);
+        let reason = fill(reason).replace("{arg}", &argument);
+        let traps = [Listener::Tcp(trap)];
+        refuses(
+            TCP_BIND,
+            &argument,
+            &argv_of(&argument),
+            &traps,
+            dir.path(),
+            &reason,
+        );
+    });
 }
 
+/// A bad BINDADDR for qubes.ConnectNFS, with a trap on port 2049.
 #[test]
-fn unix_refuses_a_second_argument() {
-    let dir = TempDir::new("svc");
-    let (runtime, traps) = unix_traps(&dir, &["agent"], &[]);
-    refuses(UNIX, "agent", &["agent", "agent"], &traps, &runtime);
-}
-
-/// A TCP listener on 127.0.0.1 and its port: where a lax parser could lead.
-fn tcp_trap() -> (Listener, u16) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    (Listener::Tcp(l), port)
-}
-
-/// `argument(port)` with a trap listening on `port`.
-fn refuses_tcp_bind(argument: impl Fn(u16) -> String) {
-    let dir = TempDir::new("svc");
-    let (trap, port) = tcp_trap();
-    let argument = argument(port);
-    let argv: Vec<&str> = [argument.as_str()]
-        .into_iter()
-        .filter(|a| !a.is_empty())
-        .collect();
-    refuses(TCP_BIND, &argument, &argv, &[trap], dir.path());
-}
-
-#[test]
-fn tcp_bind_refuses_empty_argument() {
-    refuses_tcp_bind(|_| String::new());
-}
-
-#[test]
-fn tcp_bind_refuses_port_without_bind_address() {
-    refuses_tcp_bind(|port| port.to_string());
-}
-
-#[test]
-fn tcp_bind_refuses_empty_port() {
-    refuses_tcp_bind(|_| "-127.0.1.1".into());
-}
-
-#[test]
-fn tcp_bind_refuses_port_zero() {
-    refuses_tcp_bind(|_| "0-127.0.1.1".into());
-}
-
-#[test]
-fn tcp_bind_refuses_port_above_65535() {
-    // Taken modulo 65536, it would be the trap's port.
-    refuses_tcp_bind(|port| format!("{}-127.0.1.1", port as u32 + 65536));
-}
-
-#[test]
-fn tcp_bind_refuses_leading_zero() {
-    refuses_tcp_bind(|port| format!("0{port}-127.0.1.1"));
-}
-
-#[test]
-fn tcp_bind_refuses_plus_sign() {
-    refuses_tcp_bind(|port| format!("+{port}-127.0.1.1"));
-}
-
-#[test]
-fn tcp_bind_refuses_empty_bind_address() {
-    refuses_tcp_bind(|port| format!("{port}-"));
-}
-
-#[test]
-fn tcp_bind_refuses_bind_address_outside_loopback() {
-    refuses_tcp_bind(|port| format!("{port}-10.0.0.1"));
-}
-
-#[test]
-fn tcp_bind_refuses_ipv6_bind_address() {
-    refuses_tcp_bind(|port| format!("{port}-::1"));
-}
-
-#[test]
-fn tcp_bind_refuses_broadcast_bind_address() {
-    refuses_tcp_bind(|port| format!("{port}-127.255.255.255"));
-}
-
-#[test]
-fn tcp_bind_refuses_short_form_bind_address() {
-    refuses_tcp_bind(|port| format!("{port}-127.1"));
-}
-
-#[test]
-fn tcp_bind_refuses_zero_padded_bind_address() {
-    refuses_tcp_bind(|port| format!("{port}-127.0.0.01"));
-}
-
-#[test]
-fn tcp_bind_refuses_trailing_words() {
-    refuses_tcp_bind(|port| format!("{port}-127.0.1.1-x"));
-}
-
-/// `argument` for qubes.ConnectNFS with a trap on port 2049.
-fn refuses_nfs(argument: &str) {
-    let _port = nfs_port();
-    let dir = TempDir::new("svc");
-    let trap = Listener::Tcp(TcpListener::bind(("127.0.0.1", NFS)).unwrap());
-    let argv: Vec<&str> = [argument].into_iter().filter(|a| !a.is_empty()).collect();
-    refuses(CONNECT_NFS, argument, &argv, &[trap], dir.path());
-}
-
-#[test]
-fn nfs_refuses_empty_argument() {
-    refuses_nfs("");
-}
-
-#[test]
-fn nfs_refuses_address_outside_loopback() {
-    refuses_nfs("10.0.0.1");
-}
-
-#[test]
-fn nfs_refuses_ipv6() {
-    refuses_nfs("::1");
-}
-
-#[test]
-fn nfs_refuses_broadcast_address() {
-    refuses_nfs("127.255.255.255");
-}
-
-#[test]
-fn nfs_refuses_short_form_address() {
-    refuses_nfs("127.1");
-}
-
-#[test]
-fn nfs_refuses_address_as_one_number() {
-    // inet_aton(3) would read it as 127.0.1.1.
-    refuses_nfs("2130706689");
-}
-
-#[test]
-fn nfs_refuses_port_and_address() {
-    refuses_nfs("2049-127.0.1.1");
-}
-
-#[test]
-fn nfs_refuses_host_name() {
-    refuses_nfs("localhost");
+fn nfs_refuses_bad_arguments() {
+    let not_ipv4 = |a: &str| format!("bind address '{a}' is not an IPv4 address like 127.0.1.1");
+    let cases: &[(&str, String)] = &[
+        ("", not_ipv4("")),
+        (
+            "10.0.0.1",
+            "bind address '10.0.0.1' is outside 127.0.0.0/8: the bind side stays on the loopback interface"
+                .into(),
+        ),
+        ("::1", not_ipv4("::1")),
+        (
+            "127.255.255.255",
+            "bind address '127.255.255.255' is the broadcast address of 127.0.0.0/8, not a host"
+                .into(),
+        ),
+        ("127.1", not_ipv4("127.1")),
+        // inet_aton(3) would read it as 127.0.1.1.
+        ("2130706689", not_ipv4("2130706689")),
+        ("2049-127.0.1.1", not_ipv4("2049-127.0.1.1")),
+        ("localhost", not_ipv4("localhost")),
+    ];
+    each_case(cases, |(argument, reason)| {
+        let _port = nfs_port();
+        let dir = TempDir::new("svc");
+        let trap = Listener::Tcp(TcpListener::bind(("127.0.0.1", NFS)).unwrap());
+        refuses(
+            CONNECT_NFS,
+            argument,
+            &argv_of(argument),
+            &[trap],
+            dir.path(),
+            reason,
+        );
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -1313,5 +1232,12 @@ fn help_only_when_started_by_hand() {
     );
     // From qrexec, `--help` is just a (bad) argument, never an option.
     let dir = TempDir::new("svc");
-    refuses(TCP_BIND, "--help", &["--help"], &[], dir.path());
+    refuses(
+        TCP_BIND,
+        "--help",
+        &["--help"],
+        &[],
+        dir.path(),
+        "port '' is not a number from 1 to 65535 without leading zeros",
+    );
 }

@@ -861,6 +861,22 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `check` on every case of a table-driven test, in order; a failing
+/// case fails the test with its own assertion message prefixed by the case,
+/// `case X: ...` (the panic above it in the output says where).
+pub fn each_case<C: std::fmt::Debug>(cases: &[C], check: impl Fn(&C)) {
+    for case in cases {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(case))) {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("case {case:?}: {why}");
+        }
+    }
+}
+
 /// Runs the binary directly (no sockets): its status, stdout and stderr.
 pub fn run(program: &Program, args: &[&str], world: &World) -> (Option<i32>, String, String) {
     let mut command = match program {
