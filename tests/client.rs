@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::{
     Activate, Conn, Listen, Program, World, echo_daemon, echo_world, tcp_applet, wait_until,
+    work_world,
 };
 
 /// Reads one byte, or None when nothing arrives within `wait`.
@@ -431,10 +432,8 @@ const ANSWER_THEN_READ: &str = "echo reply; exec >&-; cat > \"$HOME/rest\"";
 
 #[test]
 fn older_qrexec_without_stdin_socket() {
-    let world = World::new();
+    let world = work_world(ANSWER_THEN_READ);
     let work = world.qube("work");
-    work.service("qubes.ConnectTCP", ANSWER_THEN_READ);
-    world.policy("qubes.ConnectTCP * client work allow\n");
     let daemon = Activate::new(&world, tcp_applet())
         .listen(Listen::Tcp4, "work")
         .args(["1234"])
@@ -458,10 +457,8 @@ fn older_qrexec_without_stdin_socket() {
 
 #[test]
 fn current_qrexec_gives_eof_at_once() {
-    let world = World::new();
+    let world = work_world(ANSWER_THEN_READ);
     let work = world.qube("work");
-    work.service("qubes.ConnectTCP", ANSWER_THEN_READ);
-    world.policy("qubes.ConnectTCP * client work allow\n");
     let daemon = echo_daemon(&world, &[]);
     let mut conn = daemon.connect(0);
     conn.write_all(b"request").unwrap();

@@ -1017,6 +1017,21 @@ fn unix_refuses_argv_other_than_the_argument() {
     });
 }
 
+/// Why a bind address is refused (qubes.ConnectTCPBind and qubes.ConnectNFS).
+fn not_ipv4(address: &str) -> String {
+    format!("bind address '{address}' is not an IPv4 address like 127.0.1.1")
+}
+
+fn outside_loopback(address: &str) -> String {
+    format!(
+        "bind address '{address}' is outside 127.0.0.0/8: the bind side stays on the loopback interface"
+    )
+}
+
+fn broadcast(address: &str) -> String {
+    format!("bind address '{address}' is the broadcast address of 127.0.0.0/8, not a host")
+}
+
 /// A bad PORT-BINDADDR for qubes.ConnectTCPBind, with a trap listening on
 /// 127.0.0.1 at the port it names: `{port}` in the argument and the reason
 /// is the trap's port, `{port+65536}` that plus 65536 (taken modulo 65536,
@@ -1026,7 +1041,6 @@ fn tcp_bind_refuses_bad_arguments() {
     let no_pair = "'{arg}' is not PORT-BINDADDR (for example 2049-127.0.1.1)";
     let port =
         |p: &str| format!("port '{p}' is not a number from 1 to 65535 without leading zeros");
-    let not_ipv4 = |a: &str| format!("bind address '{a}' is not an IPv4 address like 127.0.1.1");
     let cases: &[(&str, String)] = &[
         ("", no_pair.into()),
         ("{port}", no_pair.into()),
@@ -1036,17 +1050,9 @@ fn tcp_bind_refuses_bad_arguments() {
         ("0{port}-127.0.1.1", port("0{port}")),
         ("+{port}-127.0.1.1", port("+{port}")),
         ("{port}-", not_ipv4("")),
-        (
-            "{port}-10.0.0.1",
-            "bind address '10.0.0.1' is outside 127.0.0.0/8: the bind side stays on the loopback interface"
-                .into(),
-        ),
+        ("{port}-10.0.0.1", outside_loopback("10.0.0.1")),
         ("{port}-::1", not_ipv4("::1")),
-        (
-            "{port}-127.255.255.255",
-            "bind address '127.255.255.255' is the broadcast address of 127.0.0.0/8, not a host"
-                .into(),
-        ),
+        ("{port}-127.255.255.255", broadcast("127.255.255.255")),
         ("{port}-127.1", not_ipv4("127.1")),
         ("{port}-127.0.0.01", not_ipv4("127.0.0.01")),
         ("{port}-127.0.1.1-x", not_ipv4("127.0.1.1-x")),
@@ -1076,20 +1082,11 @@ fn tcp_bind_refuses_bad_arguments() {
 /// A bad BINDADDR for qubes.ConnectNFS, with a trap on port 2049.
 #[test]
 fn nfs_refuses_bad_arguments() {
-    let not_ipv4 = |a: &str| format!("bind address '{a}' is not an IPv4 address like 127.0.1.1");
     let cases: &[(&str, String)] = &[
         ("", not_ipv4("")),
-        (
-            "10.0.0.1",
-            "bind address '10.0.0.1' is outside 127.0.0.0/8: the bind side stays on the loopback interface"
-                .into(),
-        ),
+        ("10.0.0.1", outside_loopback("10.0.0.1")),
         ("::1", not_ipv4("::1")),
-        (
-            "127.255.255.255",
-            "bind address '127.255.255.255' is the broadcast address of 127.0.0.0/8, not a host"
-                .into(),
-        ),
+        ("127.255.255.255", broadcast("127.255.255.255")),
         ("127.1", not_ipv4("127.1")),
         // inet_aton(3) would read it as 127.0.1.1.
         ("2130706689", not_ipv4("2130706689")),

@@ -201,13 +201,19 @@ impl World {
     }
 }
 
+/// A world with the qube `work`, whose `qubes.ConnectTCP` runs `script`,
+/// allowed for every argument.
+pub fn work_world(script: &str) -> World {
+    let world = World::new();
+    world.qube("work").service("qubes.ConnectTCP", script);
+    world.policy("qubes.ConnectTCP * client work allow\n");
+    world
+}
+
 /// A world with the qube `work`, whose `qubes.ConnectTCP` echoes (`cat`),
 /// allowed for every argument.
 pub fn echo_world() -> World {
-    let world = World::new();
-    world.qube("work").service("qubes.ConnectTCP", "exec cat");
-    world.policy("qubes.ConnectTCP * client work allow\n");
-    world
+    work_world("exec cat")
 }
 
 /// A world where qube `work` has `qubes.ConnectTCP+1234` as a socket
