@@ -297,7 +297,7 @@ fn sequential_connections() {
     );
     let echo = Echo::start(0);
     let world = socket_world(&echo.path);
-    let mut daemon = echo_daemon(&world, &[]);
+    let daemon = echo_daemon(&world, &[]);
     let (before, rss_before, mut sent) = warm_up(&daemon, 20);
     let ticks_before = cpu_ticks(daemon.pid);
     let started = Instant::now();
@@ -316,12 +316,30 @@ fn sequential_connections() {
         after.fds.len(),
         after.threads
     );
+    assert_back_to_start(
+        daemon,
+        &echo,
+        (&before, &after),
+        (rss_before, rss_after),
+        sent,
+    );
+}
+
+/// After a load: the daemon holds what it held before (fds, threads; RSS
+/// within the slack), the server received exactly what the clients sent
+/// (both ways), and SIGTERM ends the daemon with 0.
+fn assert_back_to_start(
+    mut daemon: Daemon,
+    echo: &Echo,
+    (before, after): (&Held, &Held),
+    (rss_before, rss_after): (u64, u64),
+    sent: Vec<[u8; 32]>,
+) {
     assert_eq!(after, before, "what the daemon holds changed");
     assert!(
         rss_after <= rss_before + RSS_SLACK_KIB,
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
-    // Both ways: what the server received is what the clients sent.
     assert_eq!(sorted(echo.received()), sorted(sent));
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit().code(), Some(0));
@@ -366,7 +384,7 @@ fn concurrent_connections() {
     let n = scaled(1000);
     let echo = Echo::start(0);
     let world = socket_world(&echo.path);
-    let mut daemon = echo_daemon(&world, &[]);
+    let daemon = echo_daemon(&world, &[]);
     // What systemd gives a service by default (DefaultLimitNOFILE=1024:524288):
     // enough for any number of connections, as the daemon holds no fd for
     // an open one.
@@ -388,14 +406,13 @@ fn concurrent_connections() {
         after.threads
     );
     assert!(echo.most_open() >= n, "only {} at once", echo.most_open());
-    assert_eq!(after, before, "what the daemon holds changed");
-    assert!(
-        rss_after <= rss_before + RSS_SLACK_KIB,
-        "RSS grew from {rss_before} to {rss_after} KiB"
+    assert_back_to_start(
+        daemon,
+        &echo,
+        (&before, &after),
+        (rss_before, rss_after),
+        sent,
     );
-    assert_eq!(sorted(echo.received()), sorted(sent));
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit().code(), Some(0));
 }
 
 /// At `--max-connections 50`, 500 clients at once: the others wait in the

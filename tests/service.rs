@@ -22,7 +22,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use common::{Conn, DEADLINE, TempDir, binary, each_case, wait_for};
+use common::{Conn, DEADLINE, Killed, TempDir, binary, each_case, wait_for};
 use sha2::{Digest, Sha256};
 use test_support::sys;
 const REMOTE: &str = "client-qube";
@@ -720,18 +720,6 @@ fn run_to_end(mut cmd: Command) -> (ExitStatus, String) {
         "stdout carries relayed data only"
     );
     (status, stderr.join().unwrap())
-}
-
-/// A child killed by pid if the test ends before it does.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
 }
 
 #[test]

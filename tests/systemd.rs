@@ -144,6 +144,17 @@ impl Lab {
         (gitweb, ip)
     }
 
+    /// Two qubes behind port 1234, `gitweb` and `work`, with the shipped
+    /// policy, and two loopback addresses of their own, `gitweb` listening
+    /// on the first through `qrexec-connect-tcp@1234.socket.d/gitweb.conf`.
+    fn gitweb_and_work_on_1234(&self) -> ([Backend; 2], Ipv4Addr, Ipv4Addr) {
+        let backends = [self.backend("gitweb"), self.backend("work")];
+        self.policy_examples(&["30-qrexec-connect-tcp.policy"]);
+        let (first, second) = (loopback(), loopback());
+        self.listen("qrexec-connect-tcp@1234", "gitweb", first, 1234);
+        (backends, first, second)
+    }
+
     fn reload(&self) {
         self.manager.systemctl_ok(&["daemon-reload"]);
     }
@@ -370,10 +381,7 @@ fn bad_file_descriptor_name_fails_with_the_reason() {
 fn same_port_to_two_qubes_through_a_second_socket() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let (_gitweb, _work) = (lab.backend("gitweb"), lab.backend("work"));
-    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
-    let (first, second) = (loopback(), loopback());
-    lab.listen("qrexec-connect-tcp@1234", "gitweb", first, 1234);
+    let (_backends, first, second) = lab.gitweb_and_work_on_1234();
     // Named outside the qrexec-connect- prefix, whose drop-in would send it
     // to qrexec-connect.service instead.
     m.write_user_unit(
@@ -424,10 +432,7 @@ fn same_port_to_two_qubes_through_a_second_socket() {
 fn two_drop_ins_in_one_instance_share_one_name() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let (_gitweb, _work) = (lab.backend("gitweb"), lab.backend("work"));
-    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
-    let (first, second) = (loopback(), loopback());
-    lab.listen("qrexec-connect-tcp@1234", "gitweb", first, 1234);
+    let (_backends, first, second) = lab.gitweb_and_work_on_1234();
     lab.listen("qrexec-connect-tcp@1234", "work", second, 1234);
     lab.reload();
     m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);

@@ -29,8 +29,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub use test_support::sys::kill;
-pub use test_support::{DEADLINE, TempDir, wait_for, wait_until};
+// Each test file uses its own part of these too.
+#[allow(unused_imports)]
+pub use test_support::{DEADLINE, Killed, TempDir, sys::kill, wait_for, wait_until};
 
 /// The binary under test.
 pub fn binary() -> &'static Path {
