@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use common::{Activate, Conn, Listen, Program, World};
+use common::{Activate, Conn, Listen, Program, World, echo_world, tcp_applet};
 
 type Digest256 = [u8; 32];
 
@@ -158,10 +158,8 @@ fn thousand_connections_two_hundred_at_once() {
 #[test]
 fn large_transfer_both_ways() {
     const SIZE: usize = 16 << 20;
-    let world = World::new();
-    world.qube("work").service("qubes.ConnectTCP", "exec cat");
-    world.policy("qubes.ConnectTCP * client work allow\n");
-    let daemon = Activate::new(&world, Program::Applet("qrexec-connect-tcp".into()))
+    let world = echo_world();
+    let daemon = Activate::new(&world, tcp_applet())
         .listen(Listen::Tcp6, "work")
         .args(["1234"])
         .start();

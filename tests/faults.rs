@@ -7,30 +7,18 @@ mod common;
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{Activate, Conn, Daemon, Listen, Program, World, wait_for, wait_until};
+use common::{
+    Activate, Daemon, Listen, Program, World, echo_world, socket_world, wait_for, wait_until,
+};
 
 const CALL: &str = "qubes.ConnectTCP+1234";
 
-/// Qube `work` echoes on `qubes.ConnectTCP+1234`; policy allows it.
-fn echo_world() -> World {
-    let world = World::new();
-    world.qube("work").service(CALL, "exec cat");
-    world.policy("qubes.ConnectTCP +1234 client work allow\n");
-    world
-}
-
+/// `qrexec-connect-tcp 1234` for `work` with NOTIFY_SOCKET, set up further.
 fn daemon_with(world: &World, setup: impl FnOnce(Activate) -> Activate) -> Daemon {
-    setup(
-        Activate::new(world, Program::Applet("qrexec-connect-tcp".into()))
-            .listen(Listen::Tcp4, "work")
-            .args(["1234"])
-            .notify(),
-    )
-    .start()
+    setup(Activate::tcp_to_work(world).notify()).start()
 }
 
 /// One request and its echo: the daemon serves.
@@ -57,24 +45,6 @@ fn finished_statuses(world: &World, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Processes in process group `pgid` (the fixture starts the daemon in a
-/// group of its own; qrexec-client-vm and services stay in it).
-fn group_members(pgid: i32) -> Vec<i32> {
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            // state ppid pgrp ...
-            rest.split(' ').nth(2) == Some(&pgid.to_string()) && !rest.starts_with('Z')
-        })
-        .collect()
-}
-
 fn copy_executable(from: &Path, to: &Path, mode: u32) {
     fs::copy(from, to).unwrap();
     fs::set_permissions(to, fs::Permissions::from_mode(mode)).unwrap();
@@ -85,7 +55,7 @@ fn qrexec_client_vm_missing_then_installed() {
     let world = echo_world();
     let dir = common::TempDir::new("faults-missing");
     let path = dir.path().join("qrexec-client-vm");
-    let daemon = daemon_with(&world, |a| a.env("QREXEC_CLIENT_VM", &path));
+    let mut daemon = daemon_with(&world, |a| a.env("QREXEC_CLIENT_VM", &path));
     assert_closed_without_data(&daemon);
     let text = daemon.wait_stderr("connection closed");
     assert!(
@@ -95,8 +65,10 @@ fn qrexec_client_vm_missing_then_installed() {
         )),
         "{text}"
     );
+    assert!(daemon.is_running(), "one failed spawn is not fatal");
     copy_executable(common::standin(), &path, 0o755);
     assert_serves(&daemon);
+    assert!(daemon.is_running());
 }
 
 #[test]
@@ -155,8 +127,7 @@ fn qrexec_client_vm_killed_mid_stream() {
     let child = wait_for("the connection's qrexec-client-vm", || {
         daemon.children().first().copied()
     });
-    // SAFETY: kill takes plain integers; the pid is the daemon's live child.
-    unsafe { libc::kill(child, libc::SIGKILL) };
+    common::kill(child, libc::SIGKILL).unwrap();
     // The client sees the end of the connection, not a hang.
     let mut rest = Vec::new();
     let _ = conn.read_to_end(&mut rest);
@@ -174,26 +145,7 @@ fn client_resets_mid_stream() {
     conn.write_all(b"some\n").unwrap();
     let mut echo = [0u8; 5];
     conn.read_exact(&mut echo).unwrap();
-    let Conn::Tcp(tcp) = conn else {
-        unreachable!("a TCP listener")
-    };
-    // Linger 0: close sends RST instead of FIN.
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt reads `linger`, of the size given, on our own socket.
-    let r = unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0);
-    drop(tcp);
+    conn.reset();
     // Its qrexec call ends and is reaped.
     let statuses = finished_statuses(&world, 1);
     assert_eq!(statuses.len(), 1);
@@ -213,89 +165,6 @@ fn sighup_and_sigpipe_are_ignored_and_logged() {
     daemon.wait_stderr("received SIGPIPE, ignoring");
     assert!(daemon.is_running());
     assert_serves(&daemon);
-}
-
-/// SIGTERM with 100 connections open: no new connection is served, every
-/// open one finishes with all its bytes, then the daemon exits 0.
-#[test]
-fn sigterm_drains_open_connections() {
-    let n = 100;
-    let world = echo_world();
-    let mut daemon = daemon_with(&world, |a| a.args(["--drain-timeout", "120"]));
-    let mut conns: Vec<Conn> = (0..n).map(|_| daemon.connect(0)).collect();
-    for (i, c) in conns.iter_mut().enumerate() {
-        c.write_all(format!("first {i}\n").as_bytes()).unwrap();
-    }
-    wait_until("100 calls running", || world.concurrency().0 == n as u64);
-    daemon.signal(libc::SIGTERM);
-    daemon.wait_stderr("received SIGTERM: no new connections");
-    wait_until("STOPPING=1", || {
-        daemon.notifications().iter().any(|m| m == "STOPPING=1")
-    });
-    // A new connection waits in the backlog, never served.
-    let mut late = daemon.connect(0);
-    late.write_all(b"too late\n").unwrap();
-    // Open connections still carry data both ways, to the end.
-    for (i, c) in conns.iter_mut().enumerate() {
-        let mut reply = c.exchange(format!("second {i}\n").as_bytes());
-        reply.truncate(reply.len().min(64));
-        assert_eq!(
-            String::from_utf8_lossy(&reply),
-            format!("first {i}\nsecond {i}\n")
-        );
-    }
-    assert_eq!(daemon.wait_exit().code(), Some(0));
-    let text = daemon.stderr();
-    assert!(text.contains("all connections finished, exiting"), "{text}");
-    let statuses = finished_statuses(&world, n);
-    assert!(statuses.iter().all(|s| s == "exit 0"), "{statuses:?}");
-    assert_eq!(world.calls().len(), n, "a call after SIGTERM");
-    let mut got = Vec::new();
-    let _ = late.read_to_end(&mut got);
-    assert!(got.is_empty(), "the late connection got {got:?}");
-}
-
-/// Connections that do not finish within --drain-timeout get SIGTERM; the
-/// daemon exits 0 and nothing it started is left running.
-#[test]
-fn drain_timeout_ends_what_is_left() {
-    let world = echo_world();
-    let mut daemon = daemon_with(&world, |a| a.args(["--drain-timeout", "1"]));
-    let mut conns: Vec<Conn> = (0..5).map(|_| daemon.connect(0)).collect();
-    for c in &mut conns {
-        c.write_all(b"never ends\n").unwrap();
-    }
-    wait_until("5 calls running", || world.concurrency().0 == 5);
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit().code(), Some(0));
-    let text = daemon.stderr();
-    assert!(
-        text.contains("5 connections still open after 1s, ending them (SIGTERM)"),
-        "{text}"
-    );
-    wait_until("every process of the daemon's group to end", || {
-        group_members(daemon.pid).is_empty()
-    });
-    // Each call was ended: qrexec-client-vm killed by that SIGTERM (or by
-    // SIGKILL 2 s later on a very slow machine), or exiting 143 for its
-    // service killed by it, as the daemon logs. (The stand-in's own record
-    // of it can lose the race with its exit.)
-    assert_eq!(text.matches(" killed by SIG").count(), 5, "{text}");
-    for mut c in conns {
-        let mut rest = Vec::new();
-        let _ = c.read_to_end(&mut rest);
-    }
-}
-
-/// A qube whose `qubes.ConnectTCP+1234` is a socket service linked to
-/// `socket` (qrexec's own way to connect a call to a Unix socket).
-fn socket_world(socket: &Path) -> World {
-    let world = World::new();
-    let work = world.qube("work");
-    work.socket_service(CALL, socket);
-    work.rpc_config(CALL, "skip-service-descriptor=true\n");
-    world.policy("qubes.ConnectTCP +1234 client work allow\n");
-    world
 }
 
 /// Starts an echo server on a Unix socket, serving until the test ends.
@@ -379,8 +248,7 @@ struct BrokenStderr {
 
 impl Drop for BrokenStderr {
     fn drop(&mut self) {
-        // SAFETY: kill takes plain integers; the group is our child's own.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = common::kill(-(self.child.id() as i32), libc::SIGKILL);
         let _ = self.child.wait();
     }
 }
@@ -450,8 +318,7 @@ fn broken_stderr_is_not_a_busy_loop() {
     let first = std::thread::spawn(exchange);
     wait_line("-> work qubes.ConnectTCP+1234");
     assert_eq!(first.join().unwrap(), b"ping\n");
-    // SAFETY: kill takes plain integers; the pid is our child's.
-    unsafe { libc::kill(pid, libc::SIGPIPE) };
+    common::kill(pid, libc::SIGPIPE).unwrap();
     let before = write_calls(pid);
     let start = std::time::Instant::now();
     while start.elapsed() < std::time::Duration::from_secs(1) {

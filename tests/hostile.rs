@@ -16,6 +16,8 @@
 //! the test hands over as stdin/stdout to 3 and 4, sets LISTEN_PID=$$ and
 //! execs the binary, so its pid is the shell's.
 
+mod common;
+
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -24,37 +26,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use qrexec_connect::sys::process::kill;
+use common::{DEADLINE, TempDir, kill};
 
+/// The binary under test, as strace and the wrapper name it.
 const BIN: &str = env!("CARGO_BIN_EXE_qrexec-connect");
-/// Refusals come at once; this only bounds a binary that wrongly starts serving.
-const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A directory of its own per case, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "qrexec-hostile-{}-{}",
-            std::process::id(),
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir(&path).unwrap();
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The binary, started under strace by the wrapper, which writes its pid to
 /// DIR/pid. Both are killed by pid if the test ends before they do.
@@ -67,9 +44,9 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Ok(None) = self.strace.try_wait() {
             if let Some(pid) = self.binary_pid() {
-                let _ = kill(pid, libc::SIGKILL);
+                let _ = kill(pid as i32, libc::SIGKILL);
             }
-            let _ = kill(self.strace.id(), libc::SIGKILL);
+            let _ = kill(self.strace.id() as i32, libc::SIGKILL);
             let _ = self.strace.wait();
         }
     }
@@ -343,16 +320,16 @@ fn strip_pid(line: &str) -> &str {
 /// environment, and reports what it did.
 fn run(case: &Case) -> Outcome {
     assert!(case.fds.len() <= 2, "the wrapper places at most two fds");
-    let dir = TempDir::new();
-    let record = dir.0.join("client-vm-runs");
-    let script = dir.0.join("qrexec-client-vm");
+    let dir = TempDir::new("hostile");
+    let record = dir.path().join("client-vm-runs");
+    let script = dir.path().join("qrexec-client-vm");
     fs::write(
         &script,
         format!("#!/bin/sh\necho \"$*\" >> '{}'\n", record.display()),
     )
     .unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    let notify_path = dir.0.join("notify");
+    let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_nonblocking(true).unwrap();
 
@@ -360,12 +337,12 @@ fn run(case: &Case) -> Outcome {
         .fds
         .iter()
         .enumerate()
-        .map(|(i, &k)| place(k, &dir.0, i))
+        .map(|(i, &k)| place(k, dir.path(), i))
         .collect();
 
     // fd 0 -> 3 and fd 1 -> 4; a Closed entry is closed explicitly, whatever
     // the shell may have inherited there.
-    let mut wrapper = wrapper_start(&dir.0);
+    let mut wrapper = wrapper_start(dir.path());
     for (i, p) in placed.iter().enumerate() {
         let fd = 3 + i;
         match p.fd {
@@ -379,7 +356,7 @@ fn run(case: &Case) -> Outcome {
     }
     wrapper += "exec \"$@\"";
 
-    let mut cmd = traced_sh(&dir.0);
+    let mut cmd = traced_sh(dir.path());
     cmd.arg("-c")
         .arg(&wrapper)
         .arg("sh")
@@ -421,7 +398,7 @@ fn run(case: &Case) -> Outcome {
     });
     cmd.stderr(Stdio::piped());
 
-    let mut child = Running::start(cmd, &dir.0);
+    let mut child = Running::start(cmd, dir.path());
     let status = child.wait_deadline();
     let mut stderr = String::new();
     if status.is_some() {
@@ -452,7 +429,7 @@ fn run(case: &Case) -> Outcome {
         client_vm_runs: fs::read_to_string(&record).unwrap_or_default(),
         accepted,
         notified,
-        forbidden: forbidden_syscalls(&dir.0),
+        forbidden: forbidden_syscalls(dir.path()),
     }
 }
 
@@ -512,10 +489,10 @@ fn check_all(cases: &[Case]) {
 /// the waiting connection, runs qrexec-client-vm and sends READY=1.
 #[test]
 fn control_a_good_configuration_serves() {
-    let dir = TempDir::new();
-    let record = dir.0.join("runs");
-    let environment = dir.0.join("environment");
-    let script = dir.0.join("qrexec-client-vm");
+    let dir = TempDir::new("hostile");
+    let record = dir.path().join("runs");
+    let environment = dir.path().join("environment");
+    let script = dir.path().join("qrexec-client-vm");
     fs::write(
         &script,
         format!(
@@ -526,19 +503,19 @@ fn control_a_good_configuration_serves() {
     )
     .unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    let notify_path = dir.0.join("notify");
+    let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
-    let path = dir.0.join("listener");
+    let path = dir.path().join("listener");
     let listener = UnixListener::bind(&path).unwrap();
     let listener_copy = listener.try_clone().unwrap();
     let mut client = UnixStream::connect(&path).unwrap();
 
-    let wrapper = wrapper_start(&dir.0)
+    let wrapper = wrapper_start(dir.path())
         + "exec 3<&0 </dev/null; LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"";
-    let mut cmd = traced_sh(&dir.0);
+    let mut cmd = traced_sh(dir.path());
     cmd.args(["-c", &wrapper, "sh", BIN, "qrexec-connect-tcp", "22"])
         .env_remove("JOURNAL_STREAM")
         .env("QREXEC_CLIENT_VM", &script)
@@ -548,7 +525,7 @@ fn control_a_good_configuration_serves() {
         .stdin(Stdio::from(OwnedFd::from(listener)))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let mut child = Running::start(cmd, &dir.0);
+    let mut child = Running::start(cmd, dir.path());
     let end = Instant::now() + DEADLINE;
     let mut notified = String::new();
     let want_call = "-- work qubes.ConnectTCP+22";
@@ -575,12 +552,12 @@ fn control_a_good_configuration_serves() {
     let _ = client.write_all(b"x");
     let mut rest = Vec::new();
     assert_eq!(client.read_to_end(&mut rest).unwrap_or(0), 0);
-    kill(child.binary_pid().unwrap(), libc::SIGTERM).unwrap();
+    kill(child.binary_pid().unwrap() as i32, libc::SIGTERM).unwrap();
     let status = child.wait_deadline().expect("exits after SIGTERM");
     assert_eq!(status.code(), Some(0));
     let waiting = Waiting::Unix(listener_copy, client);
     assert!(!waiting.still_waiting(), "the connection was accepted");
-    let seen = forbidden_syscalls(&dir.0);
+    let seen = forbidden_syscalls(dir.path());
     for call in ["accept4(", "clone", "execve("] {
         assert!(
             seen.iter().any(|l| l.contains(call)),
@@ -820,21 +797,21 @@ fn unsupported_passed_fds_are_refused() {
 /// in it are logged escaped, on the connection's one line.
 #[test]
 fn remote_stderr_is_logged_escaped() {
-    let dir = TempDir::new();
-    let script = dir.0.join("qrexec-client-vm");
+    let dir = TempDir::new("hostile");
+    let script = dir.path().join("qrexec-client-vm");
     fs::write(
         &script,
         "#!/bin/sh\nprintf 'evil \\033[2J\\033[31mred\\007 \\rfake line\\n' >&2\n",
     )
     .unwrap();
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    let log = dir.0.join("stderr");
-    let path = dir.0.join("listener");
+    let log = dir.path().join("stderr");
+    let path = dir.path().join("listener");
     let listener = UnixListener::bind(&path).unwrap();
     let mut client = UnixStream::connect(&path).unwrap();
-    let wrapper = wrapper_start(&dir.0)
+    let wrapper = wrapper_start(dir.path())
         + "exec 3<&0 </dev/null; LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"";
-    let mut cmd = traced_sh(&dir.0);
+    let mut cmd = traced_sh(dir.path());
     cmd.args([
         "-c",
         &wrapper,
@@ -853,7 +830,7 @@ fn remote_stderr_is_logged_escaped() {
     .stdin(Stdio::from(OwnedFd::from(listener)))
     .stdout(Stdio::null())
     .stderr(Stdio::from(fs::File::create(&log).unwrap()));
-    let mut child = Running::start(cmd, &dir.0);
+    let mut child = Running::start(cmd, dir.path());
     // The connection ends when the script exits.
     client
         .set_read_timeout(Some(Duration::from_secs(10)))
@@ -865,7 +842,7 @@ fn remote_stderr_is_logged_escaped() {
         assert!(Instant::now() < end, "no end-of-connection line");
         std::thread::sleep(Duration::from_millis(10));
     }
-    kill(child.binary_pid().unwrap(), libc::SIGTERM).unwrap();
+    kill(child.binary_pid().unwrap() as i32, libc::SIGTERM).unwrap();
     assert_eq!(child.wait_deadline().and_then(|s| s.code()), Some(0));
     let text = fs::read_to_string(&log).unwrap();
     let line = text

@@ -1,53 +1,17 @@
 //! `make install` into a temporary DESTDIR: every file, mode and link
 //! target, for each PREFIX layout, and `make uninstall` removing them.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
+use std::process::Command;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_qrexec-connect");
+use common::{TempDir, binary, make};
+
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-
-/// A directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("qrc-install-{}-{n}", std::process::id()));
-        fs::create_dir(&path).unwrap();
-        Scratch(path)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-fn make(destdir: &Path, args: &[&str]) -> Output {
-    let out = Command::new("make")
-        .arg("-C")
-        .arg(REPO)
-        .arg("--no-print-directory")
-        .arg(format!("DESTDIR={}", destdir.display()))
-        .arg(format!("BINARY={BINARY}"))
-        .args(args)
-        .output()
-        .expect("run make");
-    assert!(
-        out.status.success(),
-        "make {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
 
 /// Every entry under `root`: path -> `MODE` for files and directories,
 /// `-> TARGET` for symlinks.
@@ -210,20 +174,20 @@ fn assert_only_dirs(root: &Path) {
 
 #[test]
 fn install_under_usr_local() {
-    let dest = Scratch::new();
-    make(&dest.0, &["install"]);
+    let dest = TempDir::new("install");
+    make(dest.path(), &["install"]);
     assert_layout(
-        &dest.0,
+        dest.path(),
         &layout("usr/local", "usr/local/etc/qubes-rpc", true, true),
     );
-    assert_units(&dest.0, "usr/local");
+    assert_units(dest.path(), "usr/local");
     assert_eq!(
-        fs::read(dest.0.join("usr/local/bin/qrexec-connect")).unwrap(),
-        fs::read(BINARY).unwrap()
+        fs::read(dest.path().join("usr/local/bin/qrexec-connect")).unwrap(),
+        fs::read(binary()).unwrap()
     );
 
     // The links give the applets their names.
-    let bin = dest.0.join("usr/local/bin");
+    let bin = dest.path().join("usr/local/bin");
     let version = Command::new(bin.join("qrexec-connect"))
         .arg("--version")
         .output()
@@ -242,50 +206,50 @@ fn install_under_usr_local() {
         "{help:?}"
     );
 
-    make(&dest.0, &["uninstall"]);
-    assert_only_dirs(&dest.0);
+    make(dest.path(), &["uninstall"]);
+    assert_only_dirs(dest.path());
 }
 
 #[test]
 fn install_under_usr_puts_services_in_etc() {
-    let dest = Scratch::new();
-    make(&dest.0, &["install", "PREFIX=/usr"]);
-    assert_layout(&dest.0, &layout("usr", "etc/qubes-rpc", true, true));
-    assert_units(&dest.0, "usr");
-    make(&dest.0, &["uninstall", "PREFIX=/usr"]);
-    assert_only_dirs(&dest.0);
+    let dest = TempDir::new("install");
+    make(dest.path(), &["install", "PREFIX=/usr"]);
+    assert_layout(dest.path(), &layout("usr", "etc/qubes-rpc", true, true));
+    assert_units(dest.path(), "usr");
+    make(dest.path(), &["uninstall", "PREFIX=/usr"]);
+    assert_only_dirs(dest.path());
 }
 
 #[test]
 fn install_one_side() {
-    let client = Scratch::new();
-    make(&client.0, &["install-client"]);
+    let client = TempDir::new("install");
+    make(client.path(), &["install-client"]);
     assert_layout(
-        &client.0,
+        client.path(),
         &layout("usr/local", "usr/local/etc/qubes-rpc", true, false),
     );
 
-    let service = Scratch::new();
-    make(&service.0, &["install-service"]);
+    let service = TempDir::new("install");
+    make(service.path(), &["install-service"]);
     assert_layout(
-        &service.0,
+        service.path(),
         &layout("usr/local", "usr/local/etc/qubes-rpc", false, true),
     );
 
     // Seed 001's README installs qubes.ConnectNFS with this target.
-    let nfs = Scratch::new();
-    make(&nfs.0, &["install-connectnfs"]);
+    let nfs = TempDir::new("install");
+    make(nfs.path(), &["install-connectnfs"]);
     assert_layout(
-        &nfs.0,
+        nfs.path(),
         &layout("usr/local", "usr/local/etc/qubes-rpc", false, true),
     );
 }
 
 #[test]
 fn uninstall_keeps_what_is_not_ours() {
-    let dest = Scratch::new();
-    make(&dest.0, &["install"]);
-    let units = dest.0.join("usr/local/lib/systemd/user");
+    let dest = TempDir::new("install");
+    make(dest.path(), &["install"]);
+    let units = dest.path().join("usr/local/lib/systemd/user");
     // A user's own drop-in beside ours, and another program's unit.
     fs::write(
         units.join("qrexec-connect-.socket.d/local.conf"),
@@ -293,8 +257,8 @@ fn uninstall_keeps_what_is_not_ours() {
     )
     .unwrap();
     fs::write(units.join("other.service"), "[Service]\n").unwrap();
-    make(&dest.0, &["uninstall"]);
-    let left: Vec<String> = tree(&dest.0)
+    make(dest.path(), &["uninstall"]);
+    let left: Vec<String> = tree(dest.path())
         .into_iter()
         .filter(|(_, mode)| mode != "755")
         .map(|(name, _)| name)
@@ -310,11 +274,11 @@ fn uninstall_keeps_what_is_not_ours() {
 
 #[test]
 fn install_without_a_built_binary_fails_and_says_why() {
-    let dest = Scratch::new();
+    let dest = TempDir::new("install");
     let out = Command::new("make")
         .arg("-C")
         .arg(REPO)
-        .arg(format!("DESTDIR={}", dest.0.display()))
+        .arg(format!("DESTDIR={}", dest.path().display()))
         .arg("BINARY=/nonexistent/qrexec-connect")
         .arg("install")
         .output()
@@ -324,5 +288,5 @@ fn install_without_a_built_binary_fails_and_says_why() {
         String::from_utf8_lossy(&out.stderr).contains("run make first"),
         "{out:?}"
     );
-    assert!(tree(&dest.0).is_empty());
+    assert!(tree(dest.path()).is_empty());
 }

@@ -23,8 +23,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Activate, Conn, Daemon, Listen, Program, TempDir, World, wait_until};
+use common::{Conn, Daemon, TempDir, echo_daemon, socket_world, wait_until};
 use sha2::{Digest, Sha256};
+use test_support::sys;
 
 /// The most RSS may grow over a run.
 const RSS_SLACK_KIB: u64 = 256;
@@ -49,49 +50,17 @@ fn scaled(n: usize) -> usize {
 /// Lets this test process (and the daemon it starts) open as many fds as
 /// the hard limit allows: 1,000 connections take about 2,000 here.
 fn raise_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the struct given.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
+    sys::raise_nofile().expect("raise RLIMIT_NOFILE");
 }
 
 /// Sets the RLIMIT_NOFILE of process `pid` (soft, hard).
 fn set_nofile(pid: i32, soft: u64, hard: u64) {
-    let new = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: prlimit reads `new` and writes nothing (null old limit).
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
-    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
+    sys::set_nofile(pid, soft, hard).expect("prlimit");
 }
 
 /// RLIMIT_NOFILE of process `pid`: (soft, hard).
 fn nofile_of(pid: i32) -> (u64, u64) {
-    let mut old = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit with a null new limit only writes `old`.
-    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
-    assert_eq!(r, 0, "prlimit: {}", std::io::Error::last_os_error());
-    (old.rlim_cur, old.rlim_max)
-}
-
-fn hard_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the struct given.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    lim.rlim_max
+    sys::nofile_of(pid).expect("prlimit")
 }
 
 /// A Unix echo server: reads a connection to EOF, then sends it all back.
@@ -184,26 +153,6 @@ fn echo_one(mut stream: UnixStream, shared: &(Mutex<EchoState>, Condvar)) {
     let _ = stream.write_all(&data);
     drop(stream);
     lock.lock().unwrap().open -= 1;
-}
-
-/// A world where qube `work` has `qubes.ConnectTCP+1234` as a socket service
-/// to the echo server, without the service descriptor prefix.
-fn echo_world(echo: &Echo) -> World {
-    let world = World::new();
-    let work = world.qube("work");
-    work.socket_service("qubes.ConnectTCP+1234", &echo.path);
-    work.rpc_config("qubes.ConnectTCP+1234", "skip-service-descriptor=true\n");
-    world.policy("qubes.ConnectTCP +1234 client work allow\n");
-    world
-}
-
-fn start_daemon(world: &World, args: &[&str]) -> Daemon {
-    let mut all = vec!["1234"];
-    all.extend_from_slice(args);
-    Activate::new(world, Program::Applet("qrexec-connect-tcp".into()))
-        .listen(Listen::Tcp4, "work")
-        .args(all)
-        .start()
 }
 
 /// What the daemon holds, read from /proc.
@@ -347,8 +296,8 @@ fn sequential_connections() {
             .unwrap_or(SEQUENTIAL),
     );
     let echo = Echo::start(0);
-    let world = echo_world(&echo);
-    let mut daemon = start_daemon(&world, &[]);
+    let world = socket_world(&echo.path);
+    let daemon = echo_daemon(&world, &[]);
     let (before, rss_before, mut sent) = warm_up(&daemon, 20);
     let ticks_before = cpu_ticks(daemon.pid);
     let started = Instant::now();
@@ -367,12 +316,30 @@ fn sequential_connections() {
         after.fds.len(),
         after.threads
     );
+    assert_back_to_start(
+        daemon,
+        &echo,
+        (&before, &after),
+        (rss_before, rss_after),
+        sent,
+    );
+}
+
+/// After a load: the daemon holds what it held before (fds, threads; RSS
+/// within the slack), the server received exactly what the clients sent
+/// (both ways), and SIGTERM ends the daemon with 0.
+fn assert_back_to_start(
+    mut daemon: Daemon,
+    echo: &Echo,
+    (before, after): (&Held, &Held),
+    (rss_before, rss_after): (u64, u64),
+    sent: Vec<[u8; 32]>,
+) {
     assert_eq!(after, before, "what the daemon holds changed");
     assert!(
         rss_after <= rss_before + RSS_SLACK_KIB,
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
-    // Both ways: what the server received is what the clients sent.
     assert_eq!(sorted(echo.received()), sorted(sent));
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit().code(), Some(0));
@@ -416,12 +383,12 @@ fn concurrent_connections() {
     raise_nofile();
     let n = scaled(1000);
     let echo = Echo::start(0);
-    let world = echo_world(&echo);
-    let mut daemon = start_daemon(&world, &[]);
+    let world = socket_world(&echo.path);
+    let daemon = echo_daemon(&world, &[]);
     // What systemd gives a service by default (DefaultLimitNOFILE=1024:524288):
     // enough for any number of connections, as the daemon holds no fd for
     // an open one.
-    set_nofile(daemon.pid, 1024, hard_nofile());
+    set_nofile(daemon.pid, 1024, nofile_of(0).1);
     let (before, rss_before, mut sent) = warm_up(&daemon, 20);
     // Replies wait until all n connections are open at once.
     echo.gate(n);
@@ -439,14 +406,13 @@ fn concurrent_connections() {
         after.threads
     );
     assert!(echo.most_open() >= n, "only {} at once", echo.most_open());
-    assert_eq!(after, before, "what the daemon holds changed");
-    assert!(
-        rss_after <= rss_before + RSS_SLACK_KIB,
-        "RSS grew from {rss_before} to {rss_after} KiB"
+    assert_back_to_start(
+        daemon,
+        &echo,
+        (&before, &after),
+        (rss_before, rss_after),
+        sent,
     );
-    assert_eq!(sorted(echo.received()), sorted(sent));
-    daemon.signal(libc::SIGTERM);
-    assert_eq!(daemon.wait_exit().code(), Some(0));
 }
 
 /// At `--max-connections 50`, 500 clients at once: the others wait in the
@@ -456,8 +422,8 @@ fn max_connections_limits_children() {
     raise_nofile();
     let (limit, n) = (50, scaled(500).max(100));
     let echo = Echo::start(0);
-    let world = echo_world(&echo);
-    let mut daemon = start_daemon(&world, &["--max-connections", &limit.to_string()]);
+    let world = socket_world(&echo.path);
+    let mut daemon = echo_daemon(&world, &["--max-connections", &limit.to_string()]);
     let (before, _, mut sent) = warm_up(&daemon, 5);
     // Replies wait until the limit is reached, so that it is.
     echo.gate(limit);
@@ -487,9 +453,9 @@ fn max_connections_limits_children() {
 #[test]
 fn accept_backs_off_when_out_of_fds() {
     let echo = Echo::start(0);
-    let world = echo_world(&echo);
+    let world = socket_world(&echo.path);
     // -v: every back-off is logged (at debug; the shortage once as a warning).
-    let daemon = start_daemon(&world, &["-v"]);
+    let daemon = echo_daemon(&world, &["-v"]);
     let (before, _, _) = warm_up(&daemon, 1);
     let original = nofile_of(daemon.pid);
     // The lowest free fd number is the limit: the next fd cannot be had.

@@ -7,25 +7,24 @@
 //! qubes.ConnectNFS always connects to port 2049: its tests take that port
 //! one at a time (`NFS_PORT`).
 
+mod common;
+
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{Conn, DEADLINE, Killed, TempDir, binary, each_case, wait_for};
 use sha2::{Digest, Sha256};
-
-const BIN: &str = env!("CARGO_BIN_EXE_qrexec-connect");
-/// Longest any single step may take before a test gives up (a hang is a failure).
-const DEADLINE: Duration = Duration::from_secs(60);
+use test_support::sys;
 const REMOTE: &str = "client-qube";
 const NFS: u16 = 2049;
 const MIB: u64 = 1 << 20;
@@ -37,30 +36,6 @@ const CONNECT_NFS: &str = "qubes.ConnectNFS";
 // ---------------------------------------------------------------------------
 // Fixtures
 
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("qc-service-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Port 2049 is one per machine: NFS tests take turns.
 fn nfs_port() -> MutexGuard<'static, ()> {
     static NFS_PORT: Mutex<()> = Mutex::new(());
@@ -71,23 +46,7 @@ fn nfs_port() -> MutexGuard<'static, ()> {
 
 /// Waits until `fd` is ready for `events` (POLLIN, POLLOUT); false at the timeout.
 fn ready_within(fd: impl AsFd, events: libc::c_short, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_fd().as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as libc::c_int) };
-        if n > 0 {
-            return true;
-        }
-        if n == 0 || Instant::now() >= deadline {
-            return false;
-        }
-    }
+    sys::poll(fd.as_fd(), events, Some(timeout)).expect("poll")
 }
 
 /// Waits until `fd` is readable (a connection to accept, data to read).
@@ -108,53 +67,6 @@ fn within_deadline(fd: impl AsFd, events: libc::c_short) -> io::Result<()> {
     }
 }
 
-/// One end of a server's connection, Unix or TCP.
-trait Conn: Read + Write + Send {
-    fn shutdown_write(&self);
-    fn clone_box(&self) -> Box<dyn Conn>;
-    /// Closes with a reset (SO_LINGER 0) instead of an orderly end.
-    fn reset(self: Box<Self>);
-}
-
-impl Conn for UnixStream {
-    fn shutdown_write(&self) {
-        let _ = self.shutdown(Shutdown::Write);
-    }
-    fn clone_box(&self) -> Box<dyn Conn> {
-        Box::new(self.try_clone().unwrap())
-    }
-    fn reset(self: Box<Self>) {
-        drop(self);
-    }
-}
-
-impl Conn for TcpStream {
-    fn shutdown_write(&self) {
-        let _ = self.shutdown(Shutdown::Write);
-    }
-    fn clone_box(&self) -> Box<dyn Conn> {
-        Box::new(self.try_clone().unwrap())
-    }
-    fn reset(self: Box<Self>) {
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: the option value is a valid `linger` of the size given.
-        let res = unsafe {
-            libc::setsockopt(
-                self.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&linger as *const libc::linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(res, 0, "SO_LINGER: {}", io::Error::last_os_error());
-        drop(self);
-    }
-}
-
 /// A listening socket the service should (or must not) reach.
 enum Listener {
     Unix(UnixListener),
@@ -170,25 +82,21 @@ impl Listener {
     }
 
     /// Accepts one connection, failing the test if none comes in time.
-    fn accept(&self) -> (Box<dyn Conn>, Option<SocketAddr>) {
+    fn accept(&self) -> (Conn, Option<SocketAddr>) {
         assert!(
             readable_within(self.fd(), DEADLINE),
             "the service never connected"
         );
-        match self {
-            Listener::Unix(l) => {
-                let s = l.accept().unwrap().0;
-                s.set_read_timeout(Some(DEADLINE)).unwrap();
-                s.set_write_timeout(Some(DEADLINE)).unwrap();
-                (Box::new(s), None)
-            }
+        let (conn, peer) = match self {
+            Listener::Unix(l) => (Conn::Unix(l.accept().unwrap().0), None),
             Listener::Tcp(l) => {
                 let (s, peer) = l.accept().unwrap();
-                s.set_read_timeout(Some(DEADLINE)).unwrap();
-                s.set_write_timeout(Some(DEADLINE)).unwrap();
-                (Box::new(s), Some(peer))
+                (Conn::Tcp(s), Some(peer))
             }
-        }
+        };
+        conn.set_read_timeout(Some(DEADLINE)).unwrap();
+        conn.set_write_timeout(Some(DEADLINE)).unwrap();
+        (conn, peer)
     }
 
     /// Whether a connection is waiting, without accepting it: after the
@@ -201,7 +109,7 @@ impl Listener {
 /// Accepts one connection in a thread and runs `handler` on it.
 fn serve<T: Send + 'static>(
     listener: Listener,
-    handler: impl FnOnce(Box<dyn Conn>) -> T + Send + 'static,
+    handler: impl FnOnce(Conn) -> T + Send + 'static,
 ) -> JoinHandle<(Option<SocketAddr>, T)> {
     thread::spawn(move || {
         let (conn, peer) = listener.accept();
@@ -223,7 +131,7 @@ struct Setup {
 
 impl Setup {
     fn new(applet: &'static str) -> Self {
-        let dir = TempDir::new();
+        let dir = TempDir::new("svc");
         let (argument, bind, runtime_dir, listener, nfs) = match applet {
             UNIX => {
                 // The real socket lives elsewhere; the allow-list holds a link.
@@ -303,7 +211,7 @@ impl Setup {
 /// `applet` as qrexec-agent runs it: argv[0] the service name, argv[1] the
 /// argument when not empty, the argument also in QREXEC_SERVICE_ARGUMENT.
 fn service_command(applet: &str, argument: &str, runtime_dir: Option<&Path>) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = Command::new(binary());
     cmd.arg0(applet)
         .env_clear()
         .env("QREXEC_SERVICE_ARGUMENT", argument)
@@ -330,12 +238,8 @@ enum Stdio2 {
 /// A pipe (read end, write end), close-on-exec so that no other child
 /// started meanwhile holds it open.
 fn pipe() -> (fs::File, fs::File) {
-    let mut fds = [-1; 2];
-    // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
-    let res = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(res, 0, "pipe2: {}", io::Error::last_os_error());
-    // SAFETY: pipe2 succeeded: both are new descriptors owned by nobody else.
-    unsafe { (fs::File::from_raw_fd(fds[0]), fs::File::from_raw_fd(fds[1])) }
+    let (read, write) = sys::pipe().expect("pipe2");
+    (read.into(), write.into())
 }
 
 /// Our end of the service's stdin.
@@ -455,7 +359,7 @@ impl Service {
 
     /// Waits for the service to exit; returns its status and stderr.
     fn wait(mut self) -> (ExitStatus, String) {
-        let status = wait_within(&mut self.child, DEADLINE);
+        let status = wait_exit(&mut self.child);
         let stderr = self.stderr.take().unwrap().join().unwrap();
         (status, stderr)
     }
@@ -470,18 +374,9 @@ impl Drop for Service {
     }
 }
 
-fn wait_within(child: &mut Child, timeout: Duration) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the service did not exit in time"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+/// Waits for `child` to exit; fails the test after the deadline.
+fn wait_exit(child: &mut Child) -> ExitStatus {
+    wait_for("the service to exit", || child.try_wait().unwrap())
 }
 
 // ---------------------------------------------------------------------------
@@ -588,34 +483,21 @@ fn request_then_digest(applet: &'static str, stdio: Stdio2) {
     assert_clean_exit(status, &stderr);
 }
 
-#[test]
-fn unix_socketpairs_half_close() {
-    request_then_digest(UNIX, Stdio2::Sockets);
-}
+/// Every applet, over socketpairs and over pipes.
+const EVERY_APPLET_AND_STDIO: &[(&str, Stdio2)] = &[
+    (UNIX, Stdio2::Sockets),
+    (UNIX, Stdio2::Pipes),
+    (TCP_BIND, Stdio2::Sockets),
+    (TCP_BIND, Stdio2::Pipes),
+    (CONNECT_NFS, Stdio2::Sockets),
+    (CONNECT_NFS, Stdio2::Pipes),
+];
 
 #[test]
-fn unix_pipes_half_close() {
-    request_then_digest(UNIX, Stdio2::Pipes);
-}
-
-#[test]
-fn tcp_bind_socketpairs_half_close() {
-    request_then_digest(TCP_BIND, Stdio2::Sockets);
-}
-
-#[test]
-fn tcp_bind_pipes_half_close() {
-    request_then_digest(TCP_BIND, Stdio2::Pipes);
-}
-
-#[test]
-fn nfs_socketpairs_half_close() {
-    request_then_digest(CONNECT_NFS, Stdio2::Sockets);
-}
-
-#[test]
-fn nfs_pipes_half_close() {
-    request_then_digest(CONNECT_NFS, Stdio2::Pipes);
+fn half_close() {
+    each_case(EVERY_APPLET_AND_STDIO, |&(applet, stdio)| {
+        request_then_digest(applet, stdio)
+    });
 }
 
 /// The server speaks first and ends its side; the client reads that end of
@@ -624,7 +506,7 @@ fn server_ends_first(applet: &'static str, stdio: Stdio2) {
     let mut setup = Setup::new(applet);
     let server = serve(setup.take_listener(), |mut conn| {
         conn.write_all(b"greeting").unwrap();
-        conn.shutdown_write();
+        let _ = conn.shutdown_write();
         let mut late = Vec::new();
         conn.read_to_end(&mut late).unwrap();
         late
@@ -644,24 +526,22 @@ fn server_ends_first(applet: &'static str, stdio: Stdio2) {
 }
 
 #[test]
-fn unix_server_ends_first_socketpairs() {
-    server_ends_first(UNIX, Stdio2::Sockets);
-}
-
-#[test]
-fn tcp_bind_server_ends_first_pipes() {
-    server_ends_first(TCP_BIND, Stdio2::Pipes);
+fn server_ends_first_then_the_client_sends() {
+    each_case(
+        &[(UNIX, Stdio2::Sockets), (TCP_BIND, Stdio2::Pipes)],
+        |&(applet, stdio)| server_ends_first(applet, stdio),
+    );
 }
 
 /// `len` bytes each way at once, each stream checked by SHA-256 at its end.
 fn integrity(applet: &'static str, stdio: Stdio2, len: u64, env: &[(&str, &str)]) {
     let mut setup = Setup::new(applet);
     let server = serve(setup.take_listener(), move |conn| {
-        let mut reader = conn.clone_box();
+        let mut reader = conn.try_clone().unwrap();
         let received = thread::spawn(move || digest_to_eof(&mut reader));
         let mut conn = conn;
         let sent = Stream::new(3, len).send(&mut conn).unwrap();
-        conn.shutdown_write();
+        let _ = conn.shutdown_write();
         (sent, received.join().unwrap())
     });
     let mut cmd = setup.command();
@@ -685,28 +565,20 @@ fn integrity(applet: &'static str, stdio: Stdio2, len: u64, env: &[(&str, &str)]
     assert_clean_exit(status, &stderr);
 }
 
+/// 256 MiB each way through splice for each applet, and 64 MiB through the
+/// read/write fallback (`QREXEC_CONNECT_RELAY=copy`).
 #[test]
-fn unix_256_mib_each_way_socketpairs() {
-    integrity(UNIX, Stdio2::Sockets, 256 * MIB, &[]);
-}
-
-#[test]
-fn tcp_bind_256_mib_each_way_pipes() {
-    integrity(TCP_BIND, Stdio2::Pipes, 256 * MIB, &[]);
-}
-
-#[test]
-fn nfs_256_mib_each_way_socketpairs() {
-    integrity(CONNECT_NFS, Stdio2::Sockets, 256 * MIB, &[]);
-}
-
-#[test]
-fn read_write_fallback_64_mib_each_way() {
-    integrity(
-        TCP_BIND,
-        Stdio2::Sockets,
-        64 * MIB,
-        &[("QREXEC_CONNECT_RELAY", "copy")],
+fn each_way_at_once_intact() {
+    let splice: &[(&str, &str)] = &[];
+    let copy: &[(&str, &str)] = &[("QREXEC_CONNECT_RELAY", "copy")];
+    each_case(
+        &[
+            (UNIX, Stdio2::Sockets, 256 * MIB, splice),
+            (TCP_BIND, Stdio2::Pipes, 256 * MIB, splice),
+            (CONNECT_NFS, Stdio2::Sockets, 256 * MIB, splice),
+            (TCP_BIND, Stdio2::Sockets, 64 * MIB, copy),
+        ],
+        |&(applet, stdio, len, env)| integrity(applet, stdio, len, env),
     );
 }
 
@@ -718,7 +590,7 @@ fn splice_einval_falls_back_to_read_write() {
     let len = 8 * MIB + 5;
     let server = serve(setup.take_listener(), move |mut conn| {
         let sent = Stream::new(4, len).send(&mut conn).unwrap();
-        conn.shutdown_write();
+        let _ = conn.shutdown_write();
         sent
     });
     let out_path = setup.dir.path().join("appended");
@@ -749,7 +621,7 @@ fn splice_einval_falls_back_to_read_write() {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let status = wait_within(&mut child.0, DEADLINE);
+    let status = wait_exit(&mut child.0);
     let (_, sent) = server.join().unwrap();
     assert_clean_exit(status, &stderr.join().unwrap());
     let mut file = fs::File::open(&out_path).unwrap();
@@ -813,13 +685,10 @@ fn closed_stdout(stdio: Stdio2) {
 }
 
 #[test]
-fn closed_stdout_pipe_is_epipe_not_sigpipe() {
-    closed_stdout(Stdio2::Pipes);
-}
-
-#[test]
-fn closed_stdout_socket_is_epipe() {
-    closed_stdout(Stdio2::Sockets);
+fn closed_stdout_is_epipe_not_sigpipe() {
+    each_case(&[Stdio2::Pipes, Stdio2::Sockets], |&stdio| {
+        closed_stdout(stdio)
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -844,7 +713,7 @@ fn run_to_end(mut cmd: Command) -> (ExitStatus, String) {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let status = wait_within(&mut child.0, DEADLINE);
+    let status = wait_exit(&mut child.0);
     assert_eq!(
         stdout.join().unwrap(),
         b"",
@@ -853,21 +722,9 @@ fn run_to_end(mut cmd: Command) -> (ExitStatus, String) {
     (status, stderr.join().unwrap())
 }
 
-/// A child killed by pid if the test ends before it does.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 #[test]
 fn missing_unix_socket_says_how_to_link_it() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     fs::create_dir_all(dir.path().join(UNIX)).unwrap();
     let (status, stderr) = run_to_end(service_command(UNIX, "gpg-agent-ssh", Some(dir.path())));
     assert_eq!(status.code(), Some(1));
@@ -885,7 +742,7 @@ fn missing_unix_socket_says_how_to_link_it() {
 
 #[test]
 fn dangling_link_is_a_missing_socket() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     fs::create_dir_all(dir.path().join(UNIX)).unwrap();
     symlink(
         dir.path().join("gone.sock"),
@@ -903,7 +760,7 @@ fn dangling_link_is_a_missing_socket() {
 
 #[test]
 fn socket_without_listener_is_refused() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     fs::create_dir_all(dir.path().join(UNIX)).unwrap();
     let path = dir.path().join(UNIX).join("agent");
     drop(UnixListener::bind(&path).unwrap());
@@ -916,8 +773,7 @@ fn socket_without_listener_is_refused() {
 
 #[test]
 fn without_xdg_runtime_dir_uses_run_user_uid() {
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
+    let uid = sys::getuid();
     // A name nobody has linked, so the message shows where it was looked for.
     let name = format!("qc-test-absent-{}", std::process::id());
     let (status, stderr) = run_to_end(service_command(UNIX, &name, None));
@@ -977,21 +833,23 @@ fn applet_link(dir: &TempDir, applet: &str) -> PathBuf {
     let _ = fs::create_dir(&bin);
     let link = bin.join(applet);
     if !link.exists() {
-        symlink(BIN, &link).unwrap();
+        symlink(binary(), &link).unwrap();
     }
     link
 }
 
-/// Runs `applet` with a bad `argument` (in the environment and argv[1], as
-/// qrexec would) next to `traps`, listeners where a lax parser could lead.
+/// Runs `applet` with a bad `argument` (in the environment and `argv`, as
+/// qrexec would) next to `traps`, listeners where a lax parser could lead:
+/// it exits 2 with one line, `APPLET: error: REASON`, and touches nothing.
 fn refuses(
     applet: &'static str,
     argument: &str,
     argv: &[&str],
     traps: &[Listener],
     runtime: &Path,
+    reason: &str,
 ) {
-    let dir = TempDir::new();
+    let dir = TempDir::new("svc");
     let trace = dir.path().join("trace");
     let traced = strace();
     let mut cmd = match &traced {
@@ -1003,7 +861,7 @@ fn refuses(
             cmd
         }
         None => {
-            let mut cmd = Command::new(BIN);
+            let mut cmd = Command::new(binary());
             cmd.arg0(applet);
             cmd
         }
@@ -1015,7 +873,11 @@ fn refuses(
         .env("XDG_RUNTIME_DIR", runtime);
     let (status, stderr) = run_to_end(cmd);
     assert_eq!(status.code(), Some(2), "{argument:?}: {stderr}");
-    assert_one_line(&stderr, applet);
+    assert_eq!(
+        stderr,
+        format!("{applet}: error: {reason}\n"),
+        "{argument:?}: the one line and its reason"
+    );
     for (i, trap) in traps.iter().enumerate() {
         assert!(!trap.was_reached(), "{argument:?} reached trap {i}");
     }
@@ -1068,234 +930,170 @@ fn unix_traps(dir: &TempDir, names: &[&str], outside: &[&str]) -> (PathBuf, Vec<
     (runtime, traps)
 }
 
-fn refuses_unix_name(argument: &str, trap_names: &[&str], outside: &[&str]) {
-    let dir = TempDir::new();
-    let (runtime, traps) = unix_traps(&dir, trap_names, outside);
-    let argv: Vec<&str> = [argument].into_iter().filter(|a| !a.is_empty()).collect();
-    refuses(UNIX, argument, &argv, &traps, &runtime);
+/// The argument as qrexec passes it in argv: none when it is empty.
+fn argv_of(argument: &str) -> Vec<&str> {
+    [argument].into_iter().filter(|a| !a.is_empty()).collect()
 }
 
+/// A bad socket name for qubes.ConnectUnix: the name, listeners under these
+/// names in the allow-list and outside it (where a lax parser could lead),
+/// and the reason it is refused.
 #[test]
-fn unix_refuses_empty_name() {
-    refuses_unix_name("", &[], &[]);
-}
-
-#[test]
-fn unix_refuses_dot() {
-    refuses_unix_name(".", &[], &[]);
-}
-
-#[test]
-fn unix_refuses_dot_dot() {
-    refuses_unix_name("..", &[], &[]);
-}
-
-#[test]
-fn unix_refuses_hidden_name() {
-    refuses_unix_name(".hidden", &[".hidden"], &[]);
-}
-
-#[test]
-fn unix_refuses_parent_path() {
-    refuses_unix_name("../outside", &[], &["outside"]);
-}
-
-#[test]
-fn unix_refuses_slash() {
-    refuses_unix_name("sub/agent", &["sub/agent"], &[]);
-}
-
-#[test]
-fn unix_refuses_space() {
-    refuses_unix_name("an agent", &["an agent"], &[]);
-}
-
-#[test]
-fn unix_refuses_plus() {
-    refuses_unix_name("a+b", &["a+b"], &[]);
-}
-
-#[test]
-fn unix_refuses_character_qrexec_would_replace() {
-    refuses_unix_name("agent*", &["agent*"], &[]);
-}
-
-#[test]
-fn unix_refuses_non_ascii() {
-    refuses_unix_name("agént", &["agént"], &[]);
-}
-
-#[test]
-fn unix_refuses_newline() {
-    refuses_unix_name("agent\nx", &["agent\nx"], &[]);
-}
-
-#[test]
-fn unix_refuses_name_too_long_for_a_call() {
+fn unix_refuses_bad_names() {
     // "qubes.ConnectUnix+" and the name must fit qrexec's 63 bytes.
     let long = "a".repeat(63 - "qubes.ConnectUnix+".len() + 1);
-    refuses_unix_name(&long, &[long.as_str()], &[]);
+    let not_allowed =
+        |c: &str| format!("character '{c}' is not allowed in a socket name (A-Z a-z 0-9 _ . -)");
+    let starts_with_dot = |name: &str| format!("socket name '{name}' starts with '.'");
+    let cases: &[(&str, &[&str], &[&str], String)] = &[
+        ("", &[], &[], "empty socket name".into()),
+        (".", &[], &[], starts_with_dot(".")),
+        ("..", &[], &[], starts_with_dot("..")),
+        (".hidden", &[".hidden"], &[], starts_with_dot(".hidden")),
+        (
+            "../outside",
+            &[],
+            &["outside"],
+            starts_with_dot("../outside"),
+        ),
+        ("sub/agent", &["sub/agent"], &[], not_allowed("/")),
+        ("an agent", &["an agent"], &[], not_allowed(" ")),
+        ("a+b", &["a+b"], &[], not_allowed("+")),
+        // One that qrexec would replace with '_'.
+        ("agent*", &["agent*"], &[], not_allowed("*")),
+        ("agént", &["agént"], &[], not_allowed("é")),
+        ("agent\nx", &["agent\nx"], &[], not_allowed("\\n")),
+        (
+            &long,
+            &[long.as_str()],
+            &[],
+            "socket name longer than 45 bytes (the whole call must fit in 63)".into(),
+        ),
+    ];
+    each_case(cases, |(argument, names, outside, reason)| {
+        let dir = TempDir::new("svc");
+        let (runtime, traps) = unix_traps(&dir, names, outside);
+        refuses(UNIX, argument, &argv_of(argument), &traps, &runtime, reason);
+    });
 }
 
+/// argv that is not the argument in the environment, as qrexec gives it.
 #[test]
-fn unix_refuses_argv_that_differs_from_the_environment() {
-    let dir = TempDir::new();
-    let (runtime, traps) = unix_traps(&dir, &["agent", "other"], &[]);
-    refuses(UNIX, "agent", &["other"], &traps, &runtime);
+fn unix_refuses_argv_other_than_the_argument() {
+    // (QREXEC_SERVICE_ARGUMENT, argv, reason)
+    let cases: &[(&str, &[&str], &str)] = &[
+        (
+            "agent",
+            &["other"],
+            "argument 'other' differs from QREXEC_SERVICE_ARGUMENT 'agent'",
+        ),
+        (
+            "",
+            &["agent"],
+            "argument 'agent' differs from QREXEC_SERVICE_ARGUMENT ''",
+        ),
+        (
+            "agent",
+            &["agent", "agent"],
+            "expected at most one argument (the call's), got 2",
+        ),
+    ];
+    each_case(cases, |(argument, argv, reason)| {
+        let dir = TempDir::new("svc");
+        let (runtime, traps) = unix_traps(&dir, &["agent", "other"], &[]);
+        refuses(UNIX, argument, argv, &traps, &runtime, reason);
+    });
 }
 
+/// Why a bind address is refused (qubes.ConnectTCPBind and qubes.ConnectNFS).
+fn not_ipv4(address: &str) -> String {
+    format!("bind address '{address}' is not an IPv4 address like 127.0.1.1")
+}
+
+fn outside_loopback(address: &str) -> String {
+    format!(
+        "bind address '{address}' is outside 127.0.0.0/8: the bind side stays on the loopback interface"
+    )
+}
+
+fn broadcast(address: &str) -> String {
+    format!("bind address '{address}' is the broadcast address of 127.0.0.0/8, not a host")
+}
+
+/// A bad PORT-BINDADDR for qubes.ConnectTCPBind, with a trap listening on
+/// 127.0.0.1 at the port it names: `{port}` in the argument and the reason
+/// is the trap's port, `{port+65536}` that plus 65536 (taken modulo 65536,
+/// it would be the trap's port).
 #[test]
-fn unix_refuses_argv_without_an_argument_in_the_environment() {
-    let dir = TempDir::new();
-    let (runtime, traps) = unix_traps(&dir, &["agent"], &[]);
-    refuses(UNIX, "", &["agent"], &traps, &runtime);
+fn tcp_bind_refuses_bad_arguments() {
+    let no_pair = "'{arg}' is not PORT-BINDADDR (for example 2049-127.0.1.1)";
+    let port =
+        |p: &str| format!("port '{p}' is not a number from 1 to 65535 without leading zeros");
+    let cases: &[(&str, String)] = &[
+        ("", no_pair.into()),
+        ("{port}", no_pair.into()),
+        ("-127.0.1.1", port("")),
+        ("0-127.0.1.1", port("0")),
+        ("{port+65536}-127.0.1.1", port("{port+65536}")),
+        ("0{port}-127.0.1.1", port("0{port}")),
+        ("+{port}-127.0.1.1", port("+{port}")),
+        ("{port}-", not_ipv4("")),
+        ("{port}-10.0.0.1", outside_loopback("10.0.0.1")),
+        ("{port}-::1", not_ipv4("::1")),
+        ("{port}-127.255.255.255", broadcast("127.255.255.255")),
+        ("{port}-127.1", not_ipv4("127.1")),
+        ("{port}-127.0.0.01", not_ipv4("127.0.0.01")),
+        ("{port}-127.0.1.1-x", not_ipv4("127.0.1.1-x")),
+    ];
+    each_case(cases, |(argument, reason)| {
+        let dir = TempDir::new("svc");
+        let trap = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = trap.local_addr().unwrap().port();
+        let fill = |text: &str| {
+            text.replace("{port+65536}", &(u32::from(port) + 65536).to_string())
+                .replace("{port}", &port.to_string())
+        };
+        let argument = fill(argument);
+        let reason = fill(reason).replace("{arg}", &argument);
+        let traps = [Listener::Tcp(trap)];
+        refuses(
+            TCP_BIND,
+            &argument,
+            &argv_of(&argument),
+            &traps,
+            dir.path(),
+            &reason,
+        );
+    });
 }
 
+/// A bad BINDADDR for qubes.ConnectNFS, with a trap on port 2049.
 #[test]
-fn unix_refuses_a_second_argument() {
-    let dir = TempDir::new();
-    let (runtime, traps) = unix_traps(&dir, &["agent"], &[]);
-    refuses(UNIX, "agent", &["agent", "agent"], &traps, &runtime);
-}
-
-/// A TCP listener on 127.0.0.1 and its port: where a lax parser could lead.
-fn tcp_trap() -> (Listener, u16) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    (Listener::Tcp(l), port)
-}
-
-/// `argument(port)` with a trap listening on `port`.
-fn refuses_tcp_bind(argument: impl Fn(u16) -> String) {
-    let dir = TempDir::new();
-    let (trap, port) = tcp_trap();
-    let argument = argument(port);
-    let argv: Vec<&str> = [argument.as_str()]
-        .into_iter()
-        .filter(|a| !a.is_empty())
-        .collect();
-    refuses(TCP_BIND, &argument, &argv, &[trap], dir.path());
-}
-
-#[test]
-fn tcp_bind_refuses_empty_argument() {
-    refuses_tcp_bind(|_| String::new());
-}
-
-#[test]
-fn tcp_bind_refuses_port_without_bind_address() {
-    refuses_tcp_bind(|port| port.to_string());
-}
-
-#[test]
-fn tcp_bind_refuses_empty_port() {
-    refuses_tcp_bind(|_| "-127.0.1.1".into());
-}
-
-#[test]
-fn tcp_bind_refuses_port_zero() {
-    refuses_tcp_bind(|_| "0-127.0.1.1".into());
-}
-
-#[test]
-fn tcp_bind_refuses_port_above_65535() {
-    // Taken modulo 65536, it would be the trap's port.
-    refuses_tcp_bind(|port| format!("{}-127.0.1.1", port as u32 + 65536));
-}
-
-#[test]
-fn tcp_bind_refuses_leading_zero() {
-    refuses_tcp_bind(|port| format!("0{port}-127.0.1.1"));
-}
-
-#[test]
-fn tcp_bind_refuses_plus_sign() {
-    refuses_tcp_bind(|port| format!("+{port}-127.0.1.1"));
-}
-
-#[test]
-fn tcp_bind_refuses_empty_bind_address() {
-    refuses_tcp_bind(|port| format!("{port}-"));
-}
-
-#[test]
-fn tcp_bind_refuses_bind_address_outside_loopback() {
-    refuses_tcp_bind(|port| format!("{port}-10.0.0.1"));
-}
-
-#[test]
-fn tcp_bind_refuses_ipv6_bind_address() {
-    refuses_tcp_bind(|port| format!("{port}-::1"));
-}
-
-#[test]
-fn tcp_bind_refuses_broadcast_bind_address() {
-    refuses_tcp_bind(|port| format!("{port}-127.255.255.255"));
-}
-
-#[test]
-fn tcp_bind_refuses_short_form_bind_address() {
-    refuses_tcp_bind(|port| format!("{port}-127.1"));
-}
-
-#[test]
-fn tcp_bind_refuses_zero_padded_bind_address() {
-    refuses_tcp_bind(|port| format!("{port}-127.0.0.01"));
-}
-
-#[test]
-fn tcp_bind_refuses_trailing_words() {
-    refuses_tcp_bind(|port| format!("{port}-127.0.1.1-x"));
-}
-
-/// `argument` for qubes.ConnectNFS with a trap on port 2049.
-fn refuses_nfs(argument: &str) {
-    let _port = nfs_port();
-    let dir = TempDir::new();
-    let trap = Listener::Tcp(TcpListener::bind(("127.0.0.1", NFS)).unwrap());
-    let argv: Vec<&str> = [argument].into_iter().filter(|a| !a.is_empty()).collect();
-    refuses(CONNECT_NFS, argument, &argv, &[trap], dir.path());
-}
-
-#[test]
-fn nfs_refuses_empty_argument() {
-    refuses_nfs("");
-}
-
-#[test]
-fn nfs_refuses_address_outside_loopback() {
-    refuses_nfs("10.0.0.1");
-}
-
-#[test]
-fn nfs_refuses_ipv6() {
-    refuses_nfs("::1");
-}
-
-#[test]
-fn nfs_refuses_broadcast_address() {
-    refuses_nfs("127.255.255.255");
-}
-
-#[test]
-fn nfs_refuses_short_form_address() {
-    refuses_nfs("127.1");
-}
-
-#[test]
-fn nfs_refuses_address_as_one_number() {
-    // inet_aton(3) would read it as 127.0.1.1.
-    refuses_nfs("2130706689");
-}
-
-#[test]
-fn nfs_refuses_port_and_address() {
-    refuses_nfs("2049-127.0.1.1");
-}
-
-#[test]
-fn nfs_refuses_host_name() {
-    refuses_nfs("localhost");
+fn nfs_refuses_bad_arguments() {
+    let cases: &[(&str, String)] = &[
+        ("", not_ipv4("")),
+        ("10.0.0.1", outside_loopback("10.0.0.1")),
+        ("::1", not_ipv4("::1")),
+        ("127.255.255.255", broadcast("127.255.255.255")),
+        ("127.1", not_ipv4("127.1")),
+        // inet_aton(3) would read it as 127.0.1.1.
+        ("2130706689", not_ipv4("2130706689")),
+        ("2049-127.0.1.1", not_ipv4("2049-127.0.1.1")),
+        ("localhost", not_ipv4("localhost")),
+    ];
+    each_case(cases, |(argument, reason)| {
+        let _port = nfs_port();
+        let dir = TempDir::new("svc");
+        let trap = Listener::Tcp(TcpListener::bind(("127.0.0.1", NFS)).unwrap());
+        refuses(
+            CONNECT_NFS,
+            argument,
+            &argv_of(argument),
+            &[trap],
+            dir.path(),
+            reason,
+        );
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -1306,8 +1104,7 @@ fn nfs_refuses_host_name() {
 /// test's own, mounted over /run in a private mount namespace (root only).
 #[test]
 fn one_journal_line_per_connection() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if sys::geteuid() != 0 {
         eprintln!("skipped: needs root for a private mount namespace");
         return;
     }
@@ -1406,7 +1203,7 @@ fn journal_fields(mut data: &[u8]) -> Vec<(String, String)> {
 
 #[test]
 fn help_only_when_started_by_hand() {
-    let out = Command::new(BIN)
+    let out = Command::new(binary())
         .arg0(TCP_BIND)
         .arg("--help")
         .env_remove("QREXEC_SERVICE_ARGUMENT")
@@ -1419,6 +1216,13 @@ fn help_only_when_started_by_hand() {
         "{help}"
     );
     // From qrexec, `--help` is just a (bad) argument, never an option.
-    let dir = TempDir::new();
-    refuses(TCP_BIND, "--help", &["--help"], &[], dir.path());
+    let dir = TempDir::new("svc");
+    refuses(
+        TCP_BIND,
+        "--help",
+        &["--help"],
+        &[],
+        dir.path(),
+        "port '' is not a number from 1 to 65535 without leading zeros",
+    );
 }

@@ -15,17 +15,15 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use common::{Activate, Daemon, Listen, Program, TempDir, World, standin, wait_until};
+use common::{Activate, Daemon, TempDir, World, echo_world, standin, wait_until};
 use qrexec_connect::stdin_socket::{CACHE_FILE, Key, format, parse};
 
 const FLAG: &str = "--use-stdin-socket";
 const UNSUPPORTED: &str = "does not support --use-stdin-socket";
 
 /// A world whose qube `work` echoes, with a copy of the stand-in of its own.
-fn echo_world() -> (World, PathBuf) {
-    let world = World::new();
-    world.qube("work").service("qubes.ConnectTCP", "exec cat");
-    world.policy("qubes.ConnectTCP * client work allow\n");
+fn echo_world_own_standin() -> (World, PathBuf) {
+    let world = echo_world();
     let program = world.root().join("bin/qrexec-client-vm");
     fs::copy(standin(), &program).unwrap();
     (world, program)
@@ -40,9 +38,8 @@ fn start_and_serve(
     runtime: Option<OsString>,
     extra_env: &[(&str, &str)],
 ) -> Daemon {
-    let mut activate = Activate::new(world, Program::Applet("qrexec-connect-tcp".into()))
-        .listen(Listen::Tcp4, "work")
-        .args(["1234", "-v"])
+    let mut activate = Activate::tcp_to_work(world)
+        .args(["-v"])
         .env("QREXEC_CLIENT_VM", program);
     if let Some(runtime) = runtime {
         activate = activate.env("RUNTIME_DIRECTORY", runtime);
@@ -103,7 +100,7 @@ fn set_mtime(program: &Path, secs: u64) {
 
 #[test]
 fn first_start_asks_the_next_read_the_cache() {
-    let (world, program) = echo_world();
+    let (world, program) = echo_world_own_standin();
     let runtime = TempDir::new("runtime");
     let second = TempDir::new("runtime-second");
     // systemd lists every RuntimeDirectory= entry; the first is the cache's.
@@ -157,7 +154,7 @@ fn first_start_asks_the_next_read_the_cache() {
 
 #[test]
 fn a_malformed_or_stale_cache_is_replaced() {
-    let (world, program) = echo_world();
+    let (world, program) = echo_world_own_standin();
     let runtime = TempDir::new("runtime");
     let cache = runtime.path().join(CACHE_FILE);
 
@@ -191,7 +188,7 @@ fn a_malformed_or_stale_cache_is_replaced() {
 #[test]
 fn a_cached_no_is_honoured() {
     // An older qrexec: asked once, then remembered; the info line at every start.
-    let (world, program) = echo_world();
+    let (world, program) = echo_world_own_standin();
     let runtime = TempDir::new("runtime");
     let cache = runtime.path().join(CACHE_FILE);
     let old = [("QREXEC_STANDIN_OLD", "1")];
@@ -209,7 +206,7 @@ fn a_cached_no_is_honoured() {
 
     // An entry with this very file's key is believed, even against the
     // program: the cache, not a probe, decided.
-    let (world, program) = echo_world();
+    let (world, program) = echo_world_own_standin();
     let runtime = TempDir::new("runtime");
     let cache = runtime.path().join(CACHE_FILE);
     fs::write(&cache, format(&Key::of(&program).unwrap(), false)).unwrap();
@@ -221,7 +218,7 @@ fn a_cached_no_is_honoured() {
 
 #[test]
 fn without_runtime_directory_every_start_asks() {
-    let (world, program) = echo_world();
+    let (world, program) = echo_world_own_standin();
     let unset = || None;
     let empty = || Some(OsString::new());
     let relative = || Some(OsString::from(CACHE_FILE));

@@ -116,6 +116,45 @@ impl Lab {
         }
     }
 
+    /// A drop-in `NAME.conf` for the socket unit `unit` that listens on
+    /// `ip:port` for the FileDescriptorName `name`, as the README shows it.
+    fn listen(&self, unit: &str, name: &str, ip: Ipv4Addr, port: u16) {
+        self.manager.write_user_unit(
+            &format!("{unit}.socket.d/{name}.conf"),
+            &format!("[Socket]\nListenStream={ip}:{port}\nFileDescriptorName={name}\n"),
+        );
+    }
+
+    /// A [`Backend`] named `qube` that `qube`'s qubes.ConnectTCP+1234 reaches.
+    fn backend(&self, qube: &str) -> Backend {
+        let backend = Backend::start(qube);
+        self.tcp_service(qube, "qubes.ConnectTCP+1234", backend.addr);
+        backend
+    }
+
+    /// Seed 000's set-up that most tests start from: port 1234 of a
+    /// loopback address of its own forwarded to `gitweb` by
+    /// `qrexec-connect-tcp@1234.socket.d/gitweb.conf`, with the shipped
+    /// policy. Returns the backend (serving while it lives) and the address.
+    fn gitweb_on_1234(&self) -> (Backend, Ipv4Addr) {
+        let gitweb = self.backend("gitweb");
+        self.policy_examples(&["30-qrexec-connect-tcp.policy"]);
+        let ip = loopback();
+        self.listen("qrexec-connect-tcp@1234", "gitweb", ip, 1234);
+        (gitweb, ip)
+    }
+
+    /// Two qubes behind port 1234, `gitweb` and `work`, with the shipped
+    /// policy, and two loopback addresses of their own, `gitweb` listening
+    /// on the first through `qrexec-connect-tcp@1234.socket.d/gitweb.conf`.
+    fn gitweb_and_work_on_1234(&self) -> ([Backend; 2], Ipv4Addr, Ipv4Addr) {
+        let backends = [self.backend("gitweb"), self.backend("work")];
+        self.policy_examples(&["30-qrexec-connect-tcp.policy"]);
+        let (first, second) = (loopback(), loopback());
+        self.listen("qrexec-connect-tcp@1234", "gitweb", first, 1234);
+        (backends, first, second)
+    }
+
     fn reload(&self) {
         self.manager.systemctl_ok(&["daemon-reload"]);
     }
@@ -127,9 +166,8 @@ impl Lab {
     }
 }
 
-/// A TCP server standing for a service in a qube: answers each connection,
-/// once its client has finished sending, with `NAME` and a line, then what
-/// it received.
+/// A TCP server standing for a service in a qube: each connection is
+/// handed to its handler in a thread of its own, until the server is dropped.
 struct Backend {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -137,26 +175,45 @@ struct Backend {
 }
 
 impl Backend {
+    /// Answers each connection, once its client has finished sending, with
+    /// `NAME` and a line, then what it received.
     fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let name = name.to_owned();
+        Backend::serve("127.0.0.1:0", move |mut stream| {
+            let mut received = Vec::new();
+            if stream.read_to_end(&mut received).is_ok() {
+                let _ = stream.write_all(format!("{name}\n").as_bytes());
+                let _ = stream.write_all(&received);
+            }
+        })
+    }
+
+    /// Stands for an NFS server: answers each connection with the address
+    /// it came from.
+    fn peer_reporter(addr: &str) -> Backend {
+        Backend::serve(addr, |mut stream| {
+            let peer = stream
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let _ = stream.write_all(peer.as_bytes());
+        })
+    }
+
+    fn serve(addr: &str, handle: impl Fn(TcpStream) + Clone + Send + 'static) -> Backend {
+        let listener =
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr} for a backend: {e}"));
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let name = name.to_owned();
         let stopping = stop.clone();
         let thread = thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
                     break;
                 }
-                let Ok(mut stream) = stream else { continue };
-                let name = name.clone();
-                thread::spawn(move || {
-                    let mut received = Vec::new();
-                    if stream.read_to_end(&mut received).is_ok() {
-                        let _ = stream.write_all(format!("{name}\n").as_bytes());
-                        let _ = stream.write_all(&received);
-                    }
-                });
+                let Ok(stream) = stream else { continue };
+                let handle = handle.clone();
+                thread::spawn(move || handle(stream));
             }
         });
         Backend {
@@ -217,14 +274,7 @@ fn socket_addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
 fn seed_000_tcp_port_to_a_named_qube() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let gitweb = Backend::start("gitweb");
-    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
-    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
-    let ip = loopback();
-    m.write_user_unit(
-        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
-        &format!("[Socket]\nListenStream={ip}:1234\nFileDescriptorName=gitweb\n"),
-    );
+    let (_gitweb, ip) = lab.gitweb_on_1234();
     lab.reload();
     m.systemctl_ok(&["enable", "--now", "qrexec-connect-tcp@1234.socket"]);
     let service = "qrexec-connect-tcp@1234.service";
@@ -331,16 +381,7 @@ fn bad_file_descriptor_name_fails_with_the_reason() {
 fn same_port_to_two_qubes_through_a_second_socket() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let gitweb = Backend::start("gitweb");
-    let work = Backend::start("work");
-    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
-    lab.tcp_service("work", "qubes.ConnectTCP+1234", work.addr);
-    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
-    let (first, second) = (loopback(), loopback());
-    m.write_user_unit(
-        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
-        &format!("[Socket]\nListenStream={first}:1234\nFileDescriptorName=gitweb\n"),
-    );
+    let (_backends, first, second) = lab.gitweb_and_work_on_1234();
     // Named outside the qrexec-connect- prefix, whose drop-in would send it
     // to qrexec-connect.service instead.
     m.write_user_unit(
@@ -391,20 +432,8 @@ fn same_port_to_two_qubes_through_a_second_socket() {
 fn two_drop_ins_in_one_instance_share_one_name() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let gitweb = Backend::start("gitweb");
-    let work = Backend::start("work");
-    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
-    lab.tcp_service("work", "qubes.ConnectTCP+1234", work.addr);
-    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
-    let (first, second) = (loopback(), loopback());
-    m.write_user_unit(
-        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
-        &format!("[Socket]\nListenStream={first}:1234\nFileDescriptorName=gitweb\n"),
-    );
-    m.write_user_unit(
-        "qrexec-connect-tcp@1234.socket.d/work.conf",
-        &format!("[Socket]\nListenStream={second}:1234\nFileDescriptorName=work\n"),
-    );
+    let (_backends, first, second) = lab.gitweb_and_work_on_1234();
+    lab.listen("qrexec-connect-tcp@1234", "work", second, 1234);
     lab.reload();
     m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
     assert_eq!(
@@ -423,10 +452,7 @@ fn two_drop_ins_in_one_instance_share_one_name() {
 fn seed_001_one_service_beside_a_template() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let gitweb = Backend::start("gitweb");
-    let work = Backend::start("work");
-    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
-    lab.tcp_service("work", "qubes.ConnectTCP+1234", work.addr);
+    let (_gitweb, _work) = (lab.backend("gitweb"), lab.backend("work"));
     lab.policy_examples(&[
         "30-qrexec-connect-default.policy",
         "30-qrexec-connect-tcp.policy",
@@ -452,10 +478,7 @@ fn seed_001_one_service_beside_a_template() {
              [Install]\nWantedBy=sockets.target\n"
         ),
     );
-    m.write_user_unit(
-        "qrexec-connect-tcp@1234.socket.d/work.conf",
-        &format!("[Socket]\nListenStream={c}:1234\nFileDescriptorName=work\n"),
-    );
+    lab.listen("qrexec-connect-tcp@1234", "work", c, 1234);
     lab.reload();
     m.systemctl_ok(&[
         "enable",
@@ -520,14 +543,7 @@ fn seed_001_one_service_beside_a_template() {
 fn exit_idle_time_scales_to_zero_and_back() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let gitweb = Backend::start("gitweb");
-    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
-    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
-    let ip = loopback();
-    m.write_user_unit(
-        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
-        &format!("[Socket]\nListenStream={ip}:1234\nFileDescriptorName=gitweb\n"),
-    );
+    let (_gitweb, ip) = lab.gitweb_on_1234();
     m.write_user_unit(
         "qrexec-connect-tcp@1234.service.d/idle.conf",
         "[Service]\nExecStart=\nExecStart=/usr/local/bin/qrexec-connect-tcp --exit-idle-time 1 %i\n",
@@ -589,14 +605,7 @@ fn exit_idle_time_scales_to_zero_and_back() {
 fn stop_during_traffic_drains() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let gitweb = Backend::start("gitweb");
-    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
-    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
-    let ip = loopback();
-    m.write_user_unit(
-        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
-        &format!("[Socket]\nListenStream={ip}:1234\nFileDescriptorName=gitweb\n"),
-    );
+    let (_gitweb, ip) = lab.gitweb_on_1234();
     lab.reload();
     m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
     let service = "qrexec-connect-tcp@1234.service";
@@ -741,52 +750,6 @@ fn seed_000_split_ssh() {
     );
 }
 
-/// A TCP server standing for an NFS server: answers each connection with the
-/// address it came from.
-struct PeerReporter {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl PeerReporter {
-    fn start(addr: &str) -> PeerReporter {
-        let listener = TcpListener::bind(addr)
-            .unwrap_or_else(|e| panic!("bind {addr} for the NFS server: {e}"));
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopping.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(mut stream) = stream else { continue };
-                let peer = stream
-                    .peer_addr()
-                    .map(|p| p.ip().to_string())
-                    .unwrap_or_default();
-                let _ = stream.write_all(peer.as_bytes());
-            }
-        });
-        PeerReporter {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for PeerReporter {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// NFS with a bind address per client, as policy-examples/ allows it:
 /// `qrexec-connect-tcp-bind@PORT-127.0.1.1` reaches the server's port from
 /// 127.0.1.1, which its exports tell apart; the address policy-examples/
@@ -797,7 +760,7 @@ impl Drop for PeerReporter {
 fn nfs_with_a_bind_address_per_client() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let nfs = PeerReporter::start("127.0.0.1:0");
+    let nfs = Backend::peer_reporter("127.0.0.1:0");
     let port = nfs.addr.port();
     lab.installed_services("nfs-server");
     let example = Path::new(REPO).join("policy-examples/30-qrexec-connect-nfs.policy");
@@ -808,13 +771,17 @@ fn nfs_with_a_bind_address_per_client() {
     );
     lab.policy(&policy.replace("+2049-", &format!("+{port}-")));
     let (a, c) = (loopback(), loopback());
-    m.write_user_unit(
-        &format!("qrexec-connect-tcp-bind@{port}-127.0.1.1.socket.d/nfs-server.conf"),
-        &format!("[Socket]\nListenStream={a}:2049\nFileDescriptorName=nfs-server\n"),
+    lab.listen(
+        &format!("qrexec-connect-tcp-bind@{port}-127.0.1.1"),
+        "nfs-server",
+        a,
+        2049,
     );
-    m.write_user_unit(
-        &format!("qrexec-connect-tcp-bind@{port}-127.0.1.2.socket.d/nfs-server.conf"),
-        &format!("[Socket]\nListenStream={c}:2049\nFileDescriptorName=nfs-server\n"),
+    lab.listen(
+        &format!("qrexec-connect-tcp-bind@{port}-127.0.1.2"),
+        "nfs-server",
+        c,
+        2049,
     );
     lab.reload();
     m.systemctl_ok(&[

@@ -1,11 +1,17 @@
-//! Every libc call of the bench, wrapped so the rest stays safe Rust.
+//! Every libc call of the bench, wrapped so the rest stays safe Rust: those
+//! the tests and the stand-in make too come from the shared test-side layer
+//! (`tests/support`), the bench's own follow.
 //!
 //! The only module where `unsafe` is allowed; each block says why it is sound.
 #![allow(unsafe_code)]
 
+pub use test_support::sys::{
+    getpid, pipe, raise_nofile, read, set_linger_zero, shutdown_write, stdio, write, write_all,
+};
+
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 macro_rules! syscall {
@@ -18,30 +24,6 @@ macro_rules! syscall {
             Ok(res)
         }
     }};
-}
-
-/// `read(2)`.
-pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-    syscall!(read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())).map(|n| n as usize)
-}
-
-/// `write(2)`.
-pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
-    syscall!(write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len())).map(|n| n as usize)
-}
-
-/// Writes all of `buf`, retrying on EINTR.
-pub fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<()> {
-    while !buf.is_empty() {
-        match write(fd, buf) {
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// `splice(2)` of up to `len` bytes from `from` to `to`, one of them a pipe.
@@ -58,15 +40,6 @@ pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Resul
     .map(|n| n as usize)
 }
 
-/// `pipe2(O_CLOEXEC)`: (read end, write end).
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
-    // SAFETY: pipe2 succeeded, so both are new descriptors owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
 /// `fcntl(F_SETPIPE_SZ)`: best effort, the default stays on failure.
 pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) {
     let _ = syscall!(fcntl(
@@ -76,23 +49,11 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) {
     ));
 }
 
-/// `shutdown(2)` of the write side; ENOTSOCK (a pipe) is reported to the caller.
-pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
-    syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_WR)).map(drop)
-}
-
 /// `close(2)` of a descriptor this process does not hold as an `OwnedFd`
 /// (stdout, in the stand-in).
 pub fn close_raw(fd: RawFd) {
     // SAFETY: the caller owns `fd` and never uses it afterwards.
     unsafe { libc::close(fd) };
-}
-
-/// Borrows one of the standard descriptors (0, 1, 2), open for the whole run.
-pub fn stdio(fd: RawFd) -> BorrowedFd<'static> {
-    assert!((0..=2).contains(&fd));
-    // SAFETY: fds 0-2 are open from exec to exit in the programs that call this.
-    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 /// Takes ownership of a descriptor inherited across exec (sd_listen_fds).
@@ -108,16 +69,9 @@ pub fn remove_env(name: &str) {
     unsafe { std::env::remove_var(name) }
 }
 
-/// `getpid(2)`.
-pub fn getpid() -> u32 {
-    // SAFETY: no arguments, cannot fail.
-    unsafe { libc::getpid() as u32 }
-}
-
 /// `kill(2)`; ESRCH (already gone) is not an error here.
 pub fn kill(pid: u32, signal: i32) {
-    // SAFETY: plain integers.
-    unsafe { libc::kill(pid as libc::pid_t, signal) };
+    let _ = test_support::sys::kill(pid as libc::pid_t, signal);
 }
 
 /// `waitpid(pid, WNOHANG)` (pid -1: any child): `Some(pid)` when one was reaped,
@@ -162,21 +116,6 @@ pub fn children_cpu() -> Duration {
 /// so we reap them (and count their CPU) instead of init.
 pub fn set_child_subreaper() -> io::Result<()> {
     syscall!(prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong)).map(drop)
-}
-
-/// Raises the soft RLIMIT_NOFILE to the hard limit (inherited by children);
-/// returns the new soft limit.
-pub fn raise_nofile() -> io::Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a writable rlimit.
-    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim))?;
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: `lim` is a valid rlimit.
-    syscall!(setrlimit(libc::RLIMIT_NOFILE, &lim))?;
-    Ok(lim.rlim_cur)
 }
 
 /// `accept4(2)` of a blocking connection (CLOEXEC), retrying on EINTR and
@@ -296,38 +235,5 @@ pub fn wait_for_exit(pid: u32, timeout: Duration) -> io::Result<bool> {
     }
     // SAFETY: the kernel returned a new descriptor owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    loop {
-        // SAFETY: `pfd` is one valid pollfd.
-        match syscall!(poll(&mut pfd, 1, ms)) {
-            Ok(n) => return Ok(n > 0),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// `setsockopt(SO_LINGER, {on, 0})`: `close(2)` drops the connection at once.
-/// Used after both sides have sent FIN, so nothing is lost, and the socket
-/// leaves no TIME_WAIT behind: hundreds of thousands of them from the rate
-/// points would slow down or exhaust the ephemeral ports of later points.
-pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: `linger` is a valid struct linger of the size given.
-    syscall!(setsockopt(
-        fd.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_LINGER,
-        (&raw const linger).cast(),
-        std::mem::size_of::<libc::linger>() as libc::socklen_t,
-    ))
-    .map(drop)
+    test_support::sys::poll(fd.as_fd(), libc::POLLIN, Some(timeout))
 }

@@ -6,38 +6,28 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qrexec_connect_bench::pattern::Pattern;
 use qrexec_connect_bench::{copy, load, procs};
+use test_support::Killed;
 
 const STANDIN: &str = env!("CARGO_BIN_EXE_bench-qrexec-client-vm");
 const FLOOR: &str = env!("CARGO_BIN_EXE_bench-client-floor");
 const RELAY: &str = env!("CARGO_BIN_EXE_bench-splice-relay");
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// A child killed and reaped by pid when the test ends, however it ends.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Killed {
-    fn exit_code(mut self) -> Option<i32> {
-        let deadline = Instant::now() + LIMIT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(2));
+/// The exit code of `child`, or None when it has not exited within LIMIT.
+fn exit_code(mut child: Killed) -> Option<i32> {
+    let deadline = Instant::now() + LIMIT;
+    while Instant::now() < deadline {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            return status.code();
         }
-        None
+        std::thread::sleep(Duration::from_millis(2));
     }
+    None
 }
 
 fn timeouts(s: &UnixStream) {
@@ -87,7 +77,7 @@ fn standin_echoes_and_shuts_down_the_socket_at_eof() {
     ours.shutdown(Shutdown::Write).unwrap();
     // EOF comes from the stand-in's shutdown, before or as it exits.
     load::expect_eof(&mut ours).unwrap();
-    assert_eq!(child.exit_code(), Some(0));
+    assert_eq!(exit_code(child), Some(0));
 }
 
 #[test]
@@ -98,7 +88,7 @@ fn standin_without_the_flag_closes_stdout_only() {
     let mut all = Vec::new();
     output.read_to_end(&mut all).unwrap();
     assert_eq!(all, b"abc");
-    assert_eq!(child.exit_code(), Some(0));
+    assert_eq!(exit_code(child), Some(0));
 }
 
 #[test]
@@ -126,7 +116,7 @@ fn splice_relay_moves_verified_bytes_both_ways_and_half_closes() {
         &Pattern::new(),
     )
     .unwrap();
-    assert_eq!(child.exit_code(), Some(0));
+    assert_eq!(exit_code(child), Some(0));
     server.join().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

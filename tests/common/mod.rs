@@ -5,6 +5,11 @@
 //! Nothing here sleeps instead of waiting: every wait polls a condition until
 //! a deadline, and every process a fixture starts is killed (with its whole
 //! process group) by pid when the fixture is dropped.
+//!
+//! What does not need the binary (temporary directories, waits, the libc
+//! calls) lives in the `qrexec-test-support` crate (tests/support), shared
+//! with the stand-in and the bench, and is re-exported here: every test file
+//! takes its fixtures from this one module.
 #![allow(dead_code)] // each test file uses its own part
 
 pub mod user_manager;
@@ -14,38 +19,50 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// How long any wait may take before the test fails: generous, since a
-/// loaded CI machine is slow, and never reached when things work.
-pub const DEADLINE: Duration = Duration::from_secs(30);
+// Each test file uses its own part of these too.
+#[allow(unused_imports)]
+pub use test_support::{DEADLINE, Killed, TempDir, sys::kill, wait_for, wait_until};
 
 /// The binary under test.
 pub fn binary() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_qrexec-connect"))
 }
 
-/// `make install DESTDIR=destdir` of the binary under test (units, links and
-/// all, as a user installs them), for tests that run the installed files.
-pub fn make_install(destdir: &Path) {
-    let out = std::process::Command::new("make")
+/// `make ARGS DESTDIR=destdir` in the repository with the binary under
+/// test; fails the test with make's output when make fails.
+pub fn make(destdir: &Path, args: &[&str]) -> std::process::Output {
+    let out = Command::new("make")
         .arg("-C")
         .arg(env!("CARGO_MANIFEST_DIR"))
         .arg("--no-print-directory")
         .arg(format!("DESTDIR={}", destdir.display()))
         .arg(format!("BINARY={}", binary().display()))
-        .arg("install")
+        .args(args)
         .output()
         .expect("run make");
-    assert!(out.status.success(), "make install: {out:?}");
+    assert!(
+        out.status.success(),
+        "make {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `make install DESTDIR=destdir` of the binary under test (units, links and
+/// all, as a user installs them), for tests that run the installed files.
+pub fn make_install(destdir: &Path) {
+    make(destdir, &["install"]);
 }
 
 /// The qrexec-client-vm stand-in, built once per test binary. It is a
@@ -74,65 +91,6 @@ pub fn standin() -> &'static Path {
         assert!(path.exists(), "{} not built", path.display());
         path
     })
-}
-
-/// Polls `check` until it gives a value; fails the test after `DEADLINE`.
-pub fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Polls until `condition` holds.
-pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    wait_for(what, || condition().then_some(()))
-}
-
-/// Where temporary directories go: `$TMPDIR` when set, else /dev/shm when
-/// there is one. Every call the stand-in serves writes a record of a few
-/// files; on a disk file system mounted with `discard` (as here), a replaced
-/// file costs milliseconds, on tmpfs microseconds.
-pub fn scratch_base() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if std::env::var_os("TMPDIR").is_none()
-        && fs::metadata(shm).is_ok_and(|m| m.is_dir() && !m.permissions().readonly())
-    {
-        shm.to_owned()
-    } else {
-        std::env::temp_dir()
-    }
-}
-
-/// A directory removed with everything in it when dropped.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(what: &str) -> Self {
-        static COUNT: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNT.fetch_add(1, Ordering::SeqCst);
-        let path = scratch_base().join(format!("qrexec-connect-{what}-{}-{n}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).expect("create a temporary directory");
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 /// The world the stand-in plays: `$QREXEC_STANDIN_ROOT` with its policy,
@@ -242,6 +200,43 @@ impl World {
             _ => (0, 0, 0),
         }
     }
+}
+
+/// A world with the qube `work`, whose `qubes.ConnectTCP` runs `script`,
+/// allowed for every argument.
+pub fn work_world(script: &str) -> World {
+    let world = World::new();
+    world.qube("work").service("qubes.ConnectTCP", script);
+    world.policy("qubes.ConnectTCP * client work allow\n");
+    world
+}
+
+/// A world with the qube `work`, whose `qubes.ConnectTCP` echoes (`cat`),
+/// allowed for every argument.
+pub fn echo_world() -> World {
+    work_world("exec cat")
+}
+
+/// A world where qube `work` has `qubes.ConnectTCP+1234` as a socket
+/// service linked to `socket` (qrexec's own way to connect a call to a Unix
+/// socket), without the service descriptor prefix; allowed.
+pub fn socket_world(socket: &Path) -> World {
+    let world = World::new();
+    let work = world.qube("work");
+    work.socket_service("qubes.ConnectTCP+1234", socket);
+    work.rpc_config("qubes.ConnectTCP+1234", "skip-service-descriptor=true\n");
+    world.policy("qubes.ConnectTCP +1234 client work allow\n");
+    world
+}
+
+/// `qrexec-connect-tcp`, started by that name.
+pub fn tcp_applet() -> Program {
+    Program::Applet("qrexec-connect-tcp".into())
+}
+
+/// `qrexec-connect-tcp 1234 ARGS` with one TCP listener named `work`.
+pub fn echo_daemon(world: &World, args: &[&str]) -> Daemon {
+    Activate::tcp_to_work(world).args(args).start()
 }
 
 /// A qube of the world: a directory with services and configuration.
@@ -436,6 +431,29 @@ impl Conn {
         }
     }
 
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.set_write_timeout(t),
+            Conn::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+
+    /// A second handle on the same connection (one thread reads, one writes).
+    pub fn try_clone(&self) -> io::Result<Conn> {
+        Ok(match self {
+            Conn::Tcp(s) => Conn::Tcp(s.try_clone()?),
+            Conn::Unix(s) => Conn::Unix(s.try_clone()?),
+        })
+    }
+
+    /// Closes with a reset (RST, by SO_LINGER 0) instead of an orderly end;
+    /// a Unix socket has no reset and is just closed.
+    pub fn reset(self) {
+        if let Conn::Tcp(s) = &self {
+            test_support::sys::set_linger_zero(s.as_fd()).expect("SO_LINGER");
+        }
+    }
+
     /// Sends `request`, ends our side, returns everything until EOF or a
     /// reset: a call that fails before reading what we sent closes the
     /// connection with unread data, which TCP reports as a reset.
@@ -525,6 +543,14 @@ impl<'w> Activate<'w> {
             datagram: false,
             notify: false,
         }
+    }
+
+    /// `qrexec-connect-tcp 1234` with one TCP listener named `work`: the
+    /// set-up most tests start from.
+    pub fn tcp_to_work(world: &'w World) -> Self {
+        Activate::new(world, tcp_applet())
+            .listen(Listen::Tcp4, "work")
+            .args(["1234"])
     }
 
     /// One more listener with FileDescriptorName `name` (all empty: unnamed).
@@ -654,7 +680,8 @@ impl<'w> Activate<'w> {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .process_group(0);
-        start_clean(&mut command);
+        // Not glibc's posix_spawn, whose child ignores signals 32 and 33.
+        test_support::sys::fork_exec(&mut command);
         let mut child = command.spawn().expect("run systemd-socket-activate");
         let stderr = Output::capture(child.stderr.take().unwrap());
         let mut daemon = Daemon {
@@ -681,16 +708,6 @@ impl<'w> Activate<'w> {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-/// Makes std fork and exec rather than use glibc's posix_spawn, whose child
-/// sets glibc's internal signals (32 and 33) to SIG_IGN, which exec keeps:
-/// the daemon would start with signals ignored that systemd never ignores.
-fn start_clean(command: &mut Command) {
-    // SAFETY: an empty hook; it only selects the fork/exec path.
-    unsafe {
-        command.pre_exec(|| Ok(()));
     }
 }
 
@@ -794,10 +811,9 @@ impl Daemon {
         status
     }
 
+    /// Sends `signal` to the daemon (our own child, not reaped while `self` lives).
     pub fn signal(&self, signal: i32) {
-        // SAFETY: kill takes plain integers; the pid is our own child's,
-        // not reaped yet while `self` lives.
-        unsafe { libc::kill(self.pid, signal) };
+        let _ = kill(self.pid, signal);
     }
 
     /// Every message received on NOTIFY_SOCKET so far (in order).
@@ -822,12 +838,49 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Processes in the daemon's process group, zombies left out: the
+    /// fixture starts it in a group of its own, and qrexec-client-vm and the
+    /// services stay in it.
+    pub fn group_members(&self) -> Vec<i32> {
+        let pgid = self.pid.to_string();
+        fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    return false;
+                };
+                let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                // state ppid pgrp ...
+                rest.split(' ').nth(2) == Some(pgid.as_str()) && !rest.starts_with('Z')
+            })
+            .collect()
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         // The whole group: the daemon and every qrexec stand-in and service.
-        // SAFETY: kill takes plain integers; the group is the one our child leads.
-        unsafe { libc::kill(-self.pid, libc::SIGKILL) };
+        let _ = kill(-self.pid, libc::SIGKILL);
         let _ = self.child.wait();
+    }
+}
+
+/// Runs `check` on every case of a table-driven test, in order; a failing
+/// case fails the test with its own assertion message prefixed by the case,
+/// `case X: ...` (the panic above it in the output says where).
+pub fn each_case<C: std::fmt::Debug>(cases: &[C], check: impl Fn(&C)) {
+    for case in cases {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(case))) {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("case {case:?}: {why}");
+        }
     }
 }
 

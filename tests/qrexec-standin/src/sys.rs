@@ -1,5 +1,9 @@
-//! The libc calls of the stand-in; the only module with `unsafe`.
+//! The libc calls of the stand-in; the only module with `unsafe`. Those the
+//! tests and the bench make too come from the shared test-side layer
+//! (`tests/support`); the stand-in's own follow.
 #![allow(unsafe_code)]
+
+pub use test_support::sys::{read, shutdown_write, stdio, write};
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -11,17 +15,6 @@ fn check(res: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(res)
     }
-}
-
-/// One of our standard fds, borrowed for the life of the process.
-///
-/// Only for 0, 1 and 2, which the process holds from its start; fd 1 may be
-/// closed by [`close_stdout`], after which its borrowers must not use it.
-pub fn stdio(fd: RawFd) -> BorrowedFd<'static> {
-    assert!((0..=2).contains(&fd));
-    // SAFETY: fds 0-2 stay open for the life of the process, except fd 1
-    // after close_stdout, which is called by its only user when done.
-    unsafe { BorrowedFd::borrow_raw(fd) }
 }
 
 /// `fstat(2)`: the file type (`S_IFMT` bits), device and inode of an fd.
@@ -59,12 +52,6 @@ pub fn socket_type(fd: BorrowedFd<'_>) -> io::Result<i32> {
     Ok(value)
 }
 
-/// `shutdown(fd, SHUT_WR)`: the peer reads EOF; reading goes on.
-pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: shutdown takes plain integers.
-    check(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) }).map(drop)
-}
-
 /// `shutdown(fd, SHUT_RDWR)`: the peer reads EOF and its writes fail.
 pub fn shutdown_both(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: shutdown takes plain integers.
@@ -79,43 +66,14 @@ pub fn close_stdout() {
     unsafe { libc::close(1) };
 }
 
-/// `read(2)`.
-pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: buf is writable for its length.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-/// `write(2)`.
-pub fn write(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: buf is readable for its length.
-    let n = unsafe { libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
-}
-
 /// `poll(2)` on one fd until it is ready for `events` (POLLIN, POLLOUT).
 pub fn wait_ready(fd: BorrowedFd<'_>, events: libc::c_short) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    loop {
-        // SAFETY: pfd is one valid pollfd.
-        match check(unsafe { libc::poll(&mut pfd, 1, -1) }) {
-            Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    test_support::sys::poll(fd, events, None).map(drop)
+}
+
+/// `kill(2)`; a child already gone is not an error here.
+pub fn kill(pid: i32, signal: i32) {
+    let _ = test_support::sys::kill(pid, signal);
 }
 
 /// `flock(2)`: an exclusive lock, released when the file is closed.
@@ -195,10 +153,4 @@ pub fn unblock_signals_in_child(command: &mut std::process::Command) {
             }
         });
     }
-}
-
-/// `kill(2)`.
-pub fn kill(pid: i32, signal: i32) {
-    // SAFETY: kill takes plain integers.
-    unsafe { libc::kill(pid, signal) };
 }

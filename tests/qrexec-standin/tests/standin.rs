@@ -9,23 +9,25 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use test_support::{DEADLINE, TempDir, wait_until};
 
 const STANDIN: &str = env!("CARGO_BIN_EXE_qrexec-client-vm");
-const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A world directory, removed at the end.
+/// A world directory (`$QREXEC_STANDIN_ROOT`), removed at the end.
 struct World {
     root: PathBuf,
+    _dir: TempDir,
 }
 
 impl World {
     fn new(name: &str) -> Self {
-        let root =
-            std::env::temp_dir().join(format!("qrexec-standin-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).unwrap();
-        World { root }
+        let dir = TempDir::new(&format!("standin-{name}"));
+        World {
+            root: dir.path().to_owned(),
+            _dir: dir,
+        }
     }
 
     fn policy(&self, text: &str) {
@@ -100,12 +102,6 @@ impl World {
     }
 }
 
-impl Drop for World {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
-    }
-}
-
 struct Record(PathBuf);
 
 impl Record {
@@ -122,14 +118,6 @@ impl Record {
 
     fn status(&self) -> String {
         String::from_utf8(self.file("status")).unwrap()
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -497,8 +485,7 @@ fn counts_concurrent_calls_and_dies_by_signal() {
         .trim()
         .parse()
         .unwrap();
-    // SAFETY: kill takes plain integers; the child is ours and not reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    test_support::sys::kill(child.id() as i32, libc::SIGTERM).unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(child.wait().unwrap().signal(), Some(15));
     assert_eq!(w.concurrency()[0], 0, "left the count on SIGTERM");
