@@ -79,7 +79,8 @@ fn dispatch<'a>(
             Err(0)
         }
         Some("--version" | "-V") => {
-            println!("{MULTICALL} {}", env!("CARGO_PKG_VERSION"));
+            // The version and its commit (build.rs).
+            println!("{MULTICALL} {}", env!("QREXEC_CONNECT_VERSION"));
             Err(0)
         }
         Some(name) if !name.starts_with('-') => match applet::find(name) {

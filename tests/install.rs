@@ -57,6 +57,9 @@ fn layout(prefix: &str, qrexec_dir: &str, client: bool, service: bool) -> BTreeM
         }
     };
     dir(&format!("{prefix}/bin"));
+    // The man pages go with the binary, whichever side (man/).
+    dir(&format!("{prefix}/share/man/man1"));
+    dir(&format!("{prefix}/share/man/man8"));
     if client {
         dir(&format!(
             "{prefix}/lib/systemd/user/qrexec-connect-.socket.d"
@@ -71,6 +74,9 @@ fn layout(prefix: &str, qrexec_dir: &str, client: bool, service: bool) -> BTreeM
         dir(qrexec_dir);
     }
     expected.insert(format!("{prefix}/bin/qrexec-connect"), "755".into());
+    for page in ["man1/qrexec-connect.1", "man8/qrexec-connect-service.8"] {
+        expected.insert(format!("{prefix}/share/man/{page}"), "644".into());
+    }
     if client {
         for name in [
             "qrexec-connect-tcp",
@@ -193,9 +199,12 @@ fn install_under_usr_local() {
         .output()
         .unwrap();
     assert!(version.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&version.stdout).trim(),
-        format!("qrexec-connect {}", env!("CARGO_PKG_VERSION"))
+    // The version, then the commit when built from git (build.rs).
+    let version = String::from_utf8_lossy(&version.stdout);
+    let expected = format!("qrexec-connect {}", env!("CARGO_PKG_VERSION"));
+    assert!(
+        version.trim() == expected || version.starts_with(&format!("{expected} (")),
+        "{version}"
     );
     let help = Command::new(bin.join("qrexec-connect-tcp-bind"))
         .arg("--help")
