@@ -4,10 +4,11 @@
 //! `qrexec-client-vm [OPTIONS] -- TARGET SERVICE+ARG`: options must come
 //! before the target (getopt stops at the first non-option) and anything after
 //! the call would be run as a local program, hence the `--`.
-//! `--use-stdin-socket` (qrexec 4.2.19, Qubes R4.3) makes it treat fd 0 as a
-//! socket it may `shutdown(SHUT_WR)` when the service closes its output, so the
-//! local client sees EOF at once; older versions only close fd 1, which a
-//! client whose socket is both stdin and stdout never notices.
+//! `--use-stdin-socket` (qrexec 4.2.19, in the Qubes R4.2 updates of May
+//! 2024) makes it treat fd 0 as a socket it may `shutdown(SHUT_WR)` when the
+//! service closes its output, so the local client sees EOF at once; older
+//! versions only close fd 1, which a client whose socket is both stdin and
+//! stdout never notices.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;

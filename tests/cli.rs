@@ -262,3 +262,17 @@ fn vsock_listener_is_served() {
     assert!(status.success());
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// `--use-stdin-socket` came with qrexec 4.2.19, in the Qubes R4.2 updates
+/// of May 2024: nothing may send a reader to R4.3 for it (issue 15, item 11).
+#[test]
+fn stdin_socket_is_dated_to_qubes_r4_2() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["README.md", "src/qrexec.rs", "docs/security.md"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(!flat.contains("R4.3"), "{file} dates it to R4.3");
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains("qrexec 4.2.19, in the Qubes R4.2 updates of May 2024"));
+}

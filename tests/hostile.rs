@@ -878,3 +878,25 @@ fn remote_stderr_is_logged_escaped() {
     );
     assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
 }
+
+/// A lone `-` among the words for qrexec-client-vm is no option: its getopt
+/// would take it for the target (issue 15, item 9).
+#[test]
+fn lone_dash_for_qrexec_client_vm_is_refused() {
+    let not_an_option = "\"-\" is not an option for qrexec-client-vm";
+    check_all(&[
+        case("qrexec-connect-tcp", &["22", "--", "-"], 2, not_an_option),
+        case(
+            "qrexec-connect-tcp",
+            &["22", "--", "--buffer-size=65536", "-"],
+            2,
+            not_an_option,
+        ),
+        case(
+            "qrexec-connect",
+            &["--service", "qubes.ConnectTCP", "--", "-"],
+            2,
+            not_an_option,
+        ),
+    ]);
+}

@@ -154,12 +154,12 @@ fn split_values<'a>(raw: &[&'a str]) -> Vec<&'a str> {
 /// Checks the words passed on to qrexec-client-vm: each must be an option.
 /// qrexec-client-vm's options end at its first other word, which it takes
 /// for the target: `junk --use-stdin-socket -- work CALL` would call the
-/// service `--use-stdin-socket` in the qube `junk` and run `--` locally.
+/// service `--use-stdin-socket` in the qube `junk` and run `--` locally. A
+/// lone `-` is such a word too: getopt takes it for the first operand.
 fn check_passed_options(options: &[OsString]) -> std::result::Result<(), String> {
-    match options
-        .iter()
-        .find(|o| o.as_encoded_bytes().first() != Some(&b'-') || o.as_os_str() == "--")
-    {
+    match options.iter().find(|o| {
+        o.as_encoded_bytes().first() != Some(&b'-') || o.as_os_str() == "--" || o.as_os_str() == "-"
+    }) {
         Some(bad) => Err(format!(
             "{bad:?} is not an option for qrexec-client-vm: the words after `--` (and after \
              the instance) must each be one option, such as --buffer-size=65536"
@@ -386,7 +386,14 @@ mod tests {
         let words = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
         assert!(check_passed_options(&words(&["--buffer-size=1", "-t"])).is_ok());
         assert!(check_passed_options(&words(&[])).is_ok());
-        for bad in [&["junk"][..], &["--"][..], &["-a", "/run/x"][..], &[""][..]] {
+        for bad in [
+            &["junk"][..],
+            &["--"][..],
+            &["-"][..],
+            &["-t", "-"][..],
+            &["-a", "/run/x"][..],
+            &[""][..],
+        ] {
             assert!(check_passed_options(&words(bad)).is_err(), "{bad:?}");
         }
     }
