@@ -17,6 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use crate::call::{Call, Target};
+use crate::error::ParseError;
 use crate::sys::process::{Exit, signal_name};
 use crate::sys::spawn::Program;
 
@@ -34,14 +35,14 @@ pub enum StdinSocket {
 }
 
 impl std::str::FromStr for StdinSocket {
-    type Err = String;
+    type Err = ParseError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         match s {
             "auto" => Ok(StdinSocket::Auto),
             "yes" => Ok(StdinSocket::Yes),
             "no" => Ok(StdinSocket::No),
-            _ => Err(format!("--stdin-socket takes auto, yes or no, not '{s}'")),
+            _ => Err(ParseError::StdinSocket(s.to_owned())),
         }
     }
 }

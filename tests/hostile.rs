@@ -27,9 +27,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use qrexec_connect::sys::process::kill;
-
 const BIN: &str = env!("CARGO_BIN_EXE_qrexec-connect");
+
+/// Sends `signal` to the process `pid` (`kill(2)`).
+fn kill(pid: u32, signal: i32) -> std::io::Result<()> {
+    // SAFETY: kill(2) takes no pointers; a wrong pid is an error, not UB.
+    match unsafe { libc::kill(pid as libc::pid_t, signal) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
 /// Refusals come at once; this only bounds a binary that wrongly starts serving.
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -899,4 +906,50 @@ fn lone_dash_for_qrexec_client_vm_is_refused() {
             not_an_option,
         ),
     ]);
+}
+
+/// LISTEN_FDNAMES that is not even UTF-8 did not come from systemd, which
+/// passes only ASCII: refused, never taken for unset, which would have sent
+/// every connection to @default (issue 15, item 6).
+#[test]
+fn non_utf8_fd_names_are_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new();
+    let record = dir.0.join("runs");
+    let script = dir.0.join("qrexec-client-vm");
+    fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", record.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.0.join("listener");
+    let listener = UnixListener::bind(&path).unwrap();
+    let listener_copy = listener.try_clone().unwrap();
+    let client = UnixStream::connect(&path).unwrap();
+    let wrapper = wrapper_start(&dir.0)
+        + "exec 3<&0 </dev/null; LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"";
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &wrapper, "sh", BIN, "qrexec-connect-tcp", "22"])
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .env("QREXEC_CLIENT_VM", &script)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", std::ffi::OsStr::from_bytes(b"w\xffrk"))
+        .stdin(Stdio::from(OwnedFd::from(listener)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = Running::start(cmd, &dir.0);
+    let status = child.wait_deadline();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "not refused");
+    let mut stderr = String::new();
+    let mut pipe = child.strace.stderr.take().unwrap();
+    pipe.read_to_string(&mut stderr).unwrap();
+    assert_eq!(
+        stderr,
+        "qrexec-connect-tcp: error: LISTEN_FDNAMES=\"w\\xFFrk\" is not ASCII: systemd passes \
+         only ASCII there (FileDescriptorName= in systemd.socket(5))\n"
+    );
+    assert!(fs::read_to_string(&record).is_err(), "qrexec-client-vm ran");
+    assert!(Waiting::Unix(listener_copy, client).still_waiting());
 }

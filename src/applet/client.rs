@@ -12,11 +12,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use argh::FromArgs;
-use log::info;
+use log::{info, warn};
 
+use super::{Applet, Kind};
 use crate::activation::{self, Passed};
 use crate::argument::{Port, SocketName, TcpBind};
-use crate::call::{Call, FdName, Target};
+use crate::call::{Call, FdName, SystemdDefault, Target};
 use crate::daemon::{self, Listener, Options};
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
@@ -72,50 +73,85 @@ struct Args {
     rest: Vec<String>,
 }
 
-/// The call an applet makes for sockets whose name gives only a target.
-fn applet_call(name: &str, args: &Args) -> std::result::Result<(Option<Call>, usize), String> {
-    let instance = |what: &str| {
-        args.rest
-            .first()
-            .map(String::as_str)
-            .ok_or_else(|| format!("missing {what} (the socket unit's instance, %i)"))
+/// A client applet's configuration, checked: everything its command line
+/// and environment say, before any socket is touched.
+#[derive(Debug, PartialEq)]
+struct Config {
+    /// The call for sockets whose name gives only a target.
+    call: Option<Call>,
+    /// Passed on to qrexec-client-vm, each checked to be an option.
+    options: Vec<OsString>,
+    max_connections: usize,
+    drain_timeout: Duration,
+    exit_idle_time: Option<Duration>,
+    stdin_socket: StdinSocket,
+    qrexec_client_vm: PathBuf,
+    /// Where the `--stdin-socket auto` answer is kept (`$RUNTIME_DIRECTORY`).
+    cache_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Pure: `env` answers for the variables read here (QREXEC_CLIENT_VM,
+    /// RUNTIME_DIRECTORY), so tests need no process environment.
+    fn new(applet: &Applet, args: Args, env: impl Fn(&str) -> Option<OsString>) -> Result<Self> {
+        let (call, used) = applet_call(applet, &args)?;
+        let options: Vec<OsString> = args.rest[used..].iter().map(OsString::from).collect();
+        check_passed_options(&options)?;
+        if args.max_connections == 0 {
+            return Err(Error::Usage("--max-connections must be at least 1".into()));
+        }
+        let qrexec_client_vm = args
+            .qrexec_client_vm
+            .or_else(|| env("QREXEC_CLIENT_VM").map(PathBuf::from))
+            .unwrap_or_else(|| qrexec::DEFAULT_PATH.into());
+        Ok(Config {
+            call,
+            options,
+            max_connections: args.max_connections,
+            drain_timeout: Duration::from_secs(args.drain_timeout),
+            exit_idle_time: args.exit_idle_time.map(Duration::from_secs),
+            stdin_socket: args.stdin_socket,
+            qrexec_client_vm,
+            cache_dir: stdin_socket::cache_dir(env("RUNTIME_DIRECTORY").as_deref()),
+        })
+    }
+}
+
+/// The call an applet makes for sockets whose name gives only a target, and
+/// how many of the positional words it took (the instance, `%i`).
+fn applet_call(applet: &Applet, args: &Args) -> Result<(Option<Call>, usize)> {
+    let (service, what) = match applet.kind {
+        Kind::Tcp => ("qubes.ConnectTCP", "PORT"),
+        Kind::TcpBind => ("qubes.ConnectTCPBind", "PORT-BINDADDR"),
+        Kind::Unix => ("qubes.ConnectUnix", "socket NAME"),
+        _ => return Ok((plain_call(args)?, 0)),
     };
-    let service_only = |service| {
-        if args.service.is_some() || args.argument.is_some() {
-            return Err(format!(
-                "--service and --argument are for the plain qrexec-connect; {name} calls {service}"
-            ));
-        }
-        Ok(())
+    if args.service.is_some() || args.argument.is_some() {
+        return Err(Error::Usage(format!(
+            "--service and --argument are for the plain qrexec-connect; {} calls {service}",
+            applet.name
+        )));
+    }
+    let Some(instance) = args.rest.first() else {
+        return Err(Error::Usage(format!(
+            "missing {what} (the socket unit's instance, %i)"
+        )));
     };
-    let call = match name {
-        "qrexec-connect-tcp" => {
-            service_only("qubes.ConnectTCP")?;
-            let port = Port::parse(instance("PORT")?)?;
-            Call::new("qubes.ConnectTCP", Some(&port.to_string()))?
-        }
-        "qrexec-connect-tcp-bind" => {
-            service_only("qubes.ConnectTCPBind")?;
-            let bind = TcpBind::parse(instance("PORT-BINDADDR")?)?;
-            Call::new("qubes.ConnectTCPBind", Some(&bind.to_string()))?
-        }
-        "qrexec-connect-unix" => {
-            service_only("qubes.ConnectUnix")?;
-            let socket = SocketName::parse(instance("socket NAME")?)?;
-            Call::new("qubes.ConnectUnix", Some(socket.as_str()))?
-        }
-        _ => {
-            let call = match &args.service {
-                Some(service) => Some(Call::new(service, args.argument.as_deref())?),
-                None if args.argument.is_some() => {
-                    return Err("--argument needs --service".into());
-                }
-                None => None,
-            };
-            return Ok((call, 0));
-        }
+    let argument = match applet.kind {
+        Kind::Tcp => Port::parse(instance)?.to_string(),
+        Kind::TcpBind => TcpBind::parse(instance)?.to_string(),
+        _ => SocketName::parse(instance)?.to_string(),
     };
-    Ok((Some(call), 1))
+    Ok((Some(Call::new(service, Some(&argument))?), 1))
+}
+
+/// The plain applet's call: `--service` and `--argument`, if given.
+fn plain_call(args: &Args) -> Result<Option<Call>> {
+    match (&args.service, &args.argument) {
+        (Some(service), argument) => Ok(Some(Call::new(service, argument.as_deref())?)),
+        (None, Some(_)) => Err(Error::Usage("--argument needs --service".into())),
+        (None, None) => Ok(None),
+    }
 }
 
 /// Our options that take a value. argh knows only `--name value`; the
@@ -156,76 +192,62 @@ fn split_values<'a>(raw: &[&'a str]) -> Vec<&'a str> {
 /// for the target: `junk --use-stdin-socket -- work CALL` would call the
 /// service `--use-stdin-socket` in the qube `junk` and run `--` locally. A
 /// lone `-` is such a word too: getopt takes it for the first operand.
-fn check_passed_options(options: &[OsString]) -> std::result::Result<(), String> {
+fn check_passed_options(options: &[OsString]) -> Result<()> {
     match options.iter().find(|o| {
         o.as_encoded_bytes().first() != Some(&b'-') || o.as_os_str() == "--" || o.as_os_str() == "-"
     }) {
-        Some(bad) => Err(format!(
+        Some(bad) => Err(Error::Usage(format!(
             "{bad:?} is not an option for qrexec-client-vm: the words after `--` (and after \
              the instance) must each be one option, such as --buffer-size=65536"
-        )),
+        ))),
         None => Ok(()),
     }
 }
 
-/// Runs a client applet.
-pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
-    let raw = split_values(raw);
-    let args: Args = match super::parse_args(name, &raw) {
-        Ok(args) => args,
-        Err((help, 0)) => {
-            print!("{help}");
-            return Ok(0);
-        }
-        Err((message, _)) => return Err(Error::Usage(message.trim_end().to_owned())),
+/// Runs a client applet: its configuration, the logger, the passed
+/// sockets and their routes, the qrexec-client-vm to run, then serving.
+pub fn run(applet: &'static Applet, raw: &[&str]) -> Result<u8> {
+    let Some(args) = parse(applet.name, raw)? else {
+        return Ok(0);
     };
-    crate::logging::init(name, args.verbose);
-    let (call, used) = applet_call(name, &args).map_err(Error::Usage)?;
-    let options: Vec<OsString> = args.rest[used..].iter().map(OsString::from).collect();
-    check_passed_options(&options).map_err(Error::Usage)?;
-    if args.max_connections == 0 {
-        return Err(Error::Usage("--max-connections must be at least 1".into()));
-    }
+    crate::logging::init(applet.name, args.verbose);
+    let config = Config::new(applet, args, |name| std::env::var_os(name))?;
     let Some(passed) = activation::take()? else {
-        return Err(Error::NotConfigured(not_configured(name)));
+        return Err(Error::NotConfigured(not_configured(applet)));
     };
     let notifier = Notifier::from_env()
         .map_err(|e| Error::Usage(format!("NOTIFY_SOCKET is not a usable socket address: {e}")))?;
-    let routes = route(&passed, call.as_ref())?;
-    let path = args
-        .qrexec_client_vm
-        .or_else(|| std::env::var_os("QREXEC_CLIENT_VM").map(PathBuf::from))
-        .unwrap_or_else(|| qrexec::DEFAULT_PATH.into());
-    let stdin_socket = match args.stdin_socket {
-        StdinSocket::Yes => true,
-        StdinSocket::No => false,
-        StdinSocket::Auto => match stdin_socket::detect(
-            &path,
-            stdin_socket::cache_dir(std::env::var_os("RUNTIME_DIRECTORY").as_deref()).as_deref(),
-        ) {
-            Ok(true) => true,
-            Ok(false) => {
-                info!(
-                    "{} does not support {}: clients see EOF only when it exits (qrexec older than 4.2.19)",
-                    path.display(),
-                    qrexec::STDIN_SOCKET_FLAG
-                );
-                false
-            }
-            Err(e) => {
-                log::warn!(
-                    "cannot run {} -h ({e}); connections fail until it is installed",
-                    path.display()
-                );
-                false
-            }
-        },
-    };
+    let sockets = sockets(passed, config.call.as_ref())?;
     let client = qrexec::Client {
-        path,
-        options,
-        stdin_socket,
+        stdin_socket: use_stdin_socket(&config),
+        path: config.qrexec_client_vm.clone(),
+        options: config.options.clone(),
     };
+    serve(sockets, client, &config, notifier)
+}
+
+/// The command line, or `None` once `--help` is printed.
+fn parse(name: &str, raw: &[&str]) -> Result<Option<Args>> {
+    match super::parse_args(name, &split_values(raw)) {
+        Ok(args) => Ok(Some(args)),
+        Err((help, 0)) => {
+            print!("{help}");
+            Ok(None)
+        }
+        Err((message, _)) => Err(Error::Usage(message.trim_end().to_owned())),
+    }
+}
+
+/// What the passed sockets are: listeners, or the one connection systemd
+/// accepted for us (`Accept=yes`).
+enum Sockets {
+    Listening(Vec<Listener>),
+    Accepted(Listener),
+}
+
+/// Routes every passed socket; refuses a connected one among several.
+fn sockets(passed: Vec<Passed>, call: Option<&Call>) -> Result<Sockets> {
+    let routes = route(&passed, call, activation::own_socket_unit().as_deref())?;
     if let Some(p) = passed.iter().find(|p| !p.listening)
         && passed.len() > 1
     {
@@ -235,7 +257,7 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
         )));
     }
     let accepted = !passed[0].listening;
-    let listeners: Vec<Listener> = passed
+    let mut listeners: Vec<Listener> = passed
         .into_iter()
         .zip(routes)
         .map(|(p, (target, call))| Listener {
@@ -246,106 +268,179 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
         })
         .collect();
     if accepted {
-        // Accept=yes: systemd accepted the connection and started us for it.
-        let connection = listeners.into_iter().next().expect("one socket passed");
-        return daemon::serve_one(connection, &client, &notifier);
+        let connection = listeners.pop().expect("one socket passed");
+        return Ok(Sockets::Accepted(connection));
     }
-    daemon::run(
-        listeners,
-        client,
-        Options {
-            max_connections: args.max_connections,
-            drain_timeout: Duration::from_secs(args.drain_timeout),
-            exit_idle_time: args.exit_idle_time.map(Duration::from_secs),
+    Ok(Sockets::Listening(listeners))
+}
+
+/// Whether to pass `--use-stdin-socket`: as configured, or as
+/// qrexec-client-vm's `-h` says (cached across starts).
+fn use_stdin_socket(config: &Config) -> bool {
+    let path = &config.qrexec_client_vm;
+    match config.stdin_socket {
+        StdinSocket::Yes => true,
+        StdinSocket::No => false,
+        StdinSocket::Auto => match stdin_socket::detect(path, config.cache_dir.as_deref()) {
+            Ok(true) => true,
+            Ok(false) => {
+                info!(
+                    "{} does not support {}: clients see EOF only when it exits (qrexec older than 4.2.19)",
+                    path.display(),
+                    qrexec::STDIN_SOCKET_FLAG
+                );
+                false
+            }
+            Err(e) => {
+                warn!(
+                    "cannot run {} -h ({e}); connections fail until it is installed",
+                    path.display()
+                );
+                false
+            }
         },
-        notifier,
-    )?;
-    Ok(0)
+    }
+}
+
+/// Serves the sockets until told to stop (or, for `Accept=yes`, the one
+/// connection to its end).
+fn serve(
+    sockets: Sockets,
+    client: qrexec::Client,
+    config: &Config,
+    notifier: Notifier,
+) -> Result<u8> {
+    match sockets {
+        // Accept=yes: systemd accepted the connection and started us for it.
+        Sockets::Accepted(connection) => daemon::serve_one(connection, &client, &notifier),
+        Sockets::Listening(listeners) => {
+            let options = Options {
+                max_connections: config.max_connections,
+                drain_timeout: config.drain_timeout,
+                exit_idle_time: config.exit_idle_time,
+            };
+            daemon::run(listeners, client, options, notifier)?;
+            Ok(0)
+        }
+    }
 }
 
 /// Decides each socket's target and call from its name; refuses the first
-/// bad one, naming it and its address.
-fn route(passed: &[Passed], call: Option<&Call>) -> Result<Vec<(Target, Call)>> {
+/// bad one, naming it and its address. `own_socket_unit`: see
+/// [`SystemdDefault`].
+fn route(
+    passed: &[Passed],
+    call: Option<&Call>,
+    own_socket_unit: Option<&str>,
+) -> Result<Vec<(Target, Call)>> {
     let mut defaulted = false;
+    let mut unit_like = Vec::new();
     let routes = passed
         .iter()
         .map(|p| {
-            let bad = |why: String| {
-                let name = p.name.as_deref().unwrap_or("");
-                Error::Usage(format!(
-                    "socket {} has a bad FileDescriptorName {name:?}: {why}",
-                    p.addr
-                ))
+            let default = SystemdDefault {
+                accepted: !p.listening,
+                own_socket_unit,
             };
-            let parsed = FdName::parse(p.name.as_deref()).map_err(bad)?;
-            let (target, call) = match (parsed, call) {
-                (FdName::Full(target, call), _) => (target, call),
-                (FdName::Target(target), Some(call)) => (target, call.clone()),
-                (FdName::Unnamed, Some(call)) => {
-                    defaulted = true;
-                    (Target::default_target(), call.clone())
-                }
-                (FdName::Target(_) | FdName::Unnamed, None) => {
-                    return Err(bad(
-                        "qrexec-connect needs 'TARGET SERVICE+ARG' here, or --service".into(),
-                    ));
-                }
-            };
-            Ok((target, call))
+            let (parsed, route) = route_one(p, call, &default)?;
+            match parsed {
+                FdName::Unnamed => defaulted = true,
+                FdName::Target(_) if route.0.as_str().ends_with(".socket") => unit_like.push(p),
+                _ => {}
+            }
+            Ok(route)
         })
         .collect::<Result<Vec<_>>>()?;
     if defaulted {
         info!("sockets without a FileDescriptorName of their own call @default");
     }
+    for p in unit_like {
+        warn!(
+            "socket {} calls the qube {}: a socket unit's own name is systemd's default \
+             FileDescriptorName, taken as @default only for the unit named like this service",
+            p.addr,
+            p.name.as_deref().unwrap_or("")
+        );
+    }
     Ok(routes)
 }
 
+/// One socket's route, and what its name said.
+fn route_one(
+    p: &Passed,
+    call: Option<&Call>,
+    default: &SystemdDefault<'_>,
+) -> Result<(FdName, (Target, Call))> {
+    let bad = |why: String| {
+        let name = p.name.as_deref().unwrap_or("");
+        Error::Usage(format!(
+            "socket {} has a bad FileDescriptorName {name:?}: {why}",
+            p.addr
+        ))
+    };
+    let parsed =
+        FdName::parse_passed(p.name.as_deref(), default).map_err(|e| bad(e.to_string()))?;
+    let route = match (&parsed, call) {
+        (FdName::Full(target, call), _) => (target.clone(), call.clone()),
+        (FdName::Target(target), Some(call)) => (target.clone(), call.clone()),
+        (FdName::Unnamed, Some(call)) => (Target::default_target(), call.clone()),
+        (FdName::Target(_) | FdName::Unnamed, None) => {
+            return Err(bad(
+                "qrexec-connect needs 'TARGET SERVICE+ARG' here, or --service".into(),
+            ));
+        }
+    };
+    Ok((parsed, route))
+}
+
 /// What to say when started by hand, without sockets.
-fn not_configured(name: &str) -> String {
-    let example = match name {
-        "qrexec-connect-tcp" => "--fdname=work qrexec-connect-tcp 8000",
-        "qrexec-connect-tcp-bind" => "--fdname=work qrexec-connect-tcp-bind 2049-127.0.1.1",
-        "qrexec-connect-unix" => "--fdname=vault qrexec-connect-unix gpg-agent-ssh",
+fn not_configured(applet: &Applet) -> String {
+    let example = match applet.kind {
+        Kind::Tcp => "--fdname=work qrexec-connect-tcp 8000",
+        Kind::TcpBind => "--fdname=work qrexec-connect-tcp-bind 2049-127.0.1.1",
+        Kind::Unix => "--fdname=vault qrexec-connect-unix gpg-agent-ssh",
         _ => "--fdname='work qubes.ConnectTCP+8000' qrexec-connect",
     };
     format!(
-        "{name} serves sockets passed by systemd (LISTEN_FDS) and none were passed; \
-         run it from a socket unit, or try: systemd-socket-activate --listen=127.0.0.1:8000 {example}"
+        "{} serves sockets passed by systemd (LISTEN_FDS) and none were passed; \
+         run it from a socket unit, or try: systemd-socket-activate --listen=127.0.0.1:8000 {example}",
+        applet.name
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::applet::find;
 
     fn args(list: &[&str]) -> Args {
         Args::from_args(&["x"], list).unwrap()
     }
 
+    fn call_of(name: &str, list: &[&str]) -> Result<(Option<Call>, usize)> {
+        applet_call(find(name).unwrap(), &args(list))
+    }
+
     #[test]
     fn applet_calls() {
-        let (call, used) = applet_call("qrexec-connect-tcp", &args(&["22"])).unwrap();
+        let (call, used) = call_of("qrexec-connect-tcp", &["22"]).unwrap();
         assert_eq!((call.unwrap().as_str(), used), ("qubes.ConnectTCP+22", 1));
-        let (call, _) = applet_call("qrexec-connect-tcp-bind", &args(&["2049-127.0.1.1"])).unwrap();
+        let (call, _) = call_of("qrexec-connect-tcp-bind", &["2049-127.0.1.1"]).unwrap();
         assert_eq!(
             call.unwrap().as_str(),
             "qubes.ConnectTCPBind+2049-127.0.1.1"
         );
-        let (call, _) = applet_call("qrexec-connect-unix", &args(&["gpg-agent-ssh"])).unwrap();
+        let (call, _) = call_of("qrexec-connect-unix", &["gpg-agent-ssh"]).unwrap();
         assert_eq!(call.unwrap().as_str(), "qubes.ConnectUnix+gpg-agent-ssh");
-        let (call, used) = applet_call("qrexec-connect", &args(&[])).unwrap();
+        let (call, used) = call_of("qrexec-connect", &[]).unwrap();
         assert_eq!((call, used), (None, 0));
-        let (call, _) = applet_call(
+        let (call, _) = call_of(
             "qrexec-connect",
-            &args(&["--service", "qubes.ConnectTCP", "--argument", "80"]),
+            &["--service", "qubes.ConnectTCP", "--argument", "80"],
         )
         .unwrap();
         assert_eq!(call.unwrap().as_str(), "qubes.ConnectTCP+80");
-        let (_, used) = applet_call(
-            "qrexec-connect-tcp",
-            &args(&["22", "--", "--buffer-size=1"]),
-        )
-        .unwrap();
+        let (_, used) = call_of("qrexec-connect-tcp", &["22", "--", "--buffer-size=1"]).unwrap();
         assert_eq!(used, 1);
     }
 
@@ -400,16 +495,132 @@ mod tests {
 
     #[test]
     fn refuses_bad_applet_arguments() {
-        for (name, list) in [
-            ("qrexec-connect-tcp", &["0"][..]),
-            ("qrexec-connect-tcp", &[][..]),
-            ("qrexec-connect-tcp", &["22", "--service", "x"][..]),
-            ("qrexec-connect-tcp-bind", &["2049-10.0.0.1"][..]),
-            ("qrexec-connect-unix", &[".."][..]),
-            ("qrexec-connect", &["--argument", "1"][..]),
-            ("qrexec-connect", &["--service", "a b"][..]),
+        for (name, list, why) in [
+            ("qrexec-connect-tcp", &["0"][..], "port '0' is not a number"),
+            (
+                "qrexec-connect-tcp",
+                &[][..],
+                "missing PORT (the socket unit's instance, %i)",
+            ),
+            (
+                "qrexec-connect-tcp",
+                &["22", "--service", "x"][..],
+                "--service and --argument are for the plain qrexec-connect; \
+                 qrexec-connect-tcp calls qubes.ConnectTCP",
+            ),
+            (
+                "qrexec-connect-tcp-bind",
+                &["2049-10.0.0.1"][..],
+                "outside 127.0.0.0/8",
+            ),
+            (
+                "qrexec-connect-unix",
+                &[".."][..],
+                "socket name '..' starts with '.'",
+            ),
+            (
+                "qrexec-connect",
+                &["--argument", "1"][..],
+                "--argument needs --service",
+            ),
+            (
+                "qrexec-connect",
+                &["--service", "a b"][..],
+                "character ' ' is not allowed",
+            ),
         ] {
-            assert!(applet_call(name, &args(list)).is_err(), "{name} {list:?}");
+            let e = call_of(name, list).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{name} {list:?}");
+            assert!(e.to_string().contains(why), "{name} {list:?}: {e}");
+        }
+    }
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
+        let vars: Vec<(String, OsString)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    }
+
+    #[test]
+    fn config_from_arguments_and_environment() {
+        let tcp = find("qrexec-connect-tcp").unwrap();
+        let config = Config::new(tcp, args(&["22"]), env(&[])).unwrap();
+        assert_eq!(
+            config,
+            Config {
+                call: Some(Call::parse("qubes.ConnectTCP+22").unwrap()),
+                options: vec![],
+                max_connections: 1024,
+                drain_timeout: Duration::from_secs(10),
+                exit_idle_time: None,
+                stdin_socket: StdinSocket::Auto,
+                qrexec_client_vm: qrexec::DEFAULT_PATH.into(),
+                cache_dir: None,
+            }
+        );
+        let config = Config::new(
+            tcp,
+            args(&[
+                "--max-connections",
+                "5",
+                "--drain-timeout",
+                "3",
+                "--exit-idle-time",
+                "60",
+                "--stdin-socket",
+                "no",
+                "22",
+                "--",
+                "--buffer-size=1",
+            ]),
+            env(&[
+                ("QREXEC_CLIENT_VM", "/opt/qrexec-client-vm"),
+                ("RUNTIME_DIRECTORY", "/run/user/1000/qrexec-connect:/run/x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.options, [OsString::from("--buffer-size=1")]);
+        assert_eq!(config.max_connections, 5);
+        assert_eq!(config.drain_timeout, Duration::from_secs(3));
+        assert_eq!(config.exit_idle_time, Some(Duration::from_secs(60)));
+        assert_eq!(config.stdin_socket, StdinSocket::No);
+        assert_eq!(
+            config.qrexec_client_vm,
+            PathBuf::from("/opt/qrexec-client-vm")
+        );
+        assert_eq!(
+            config.cache_dir,
+            Some(PathBuf::from("/run/user/1000/qrexec-connect"))
+        );
+        // The option wins over the variable.
+        let config = Config::new(
+            tcp,
+            args(&["--qrexec-client-vm", "/a", "22"]),
+            env(&[("QREXEC_CLIENT_VM", "/b")]),
+        )
+        .unwrap();
+        assert_eq!(config.qrexec_client_vm, PathBuf::from("/a"));
+    }
+
+    #[test]
+    fn config_refusals() {
+        let tcp = find("qrexec-connect-tcp").unwrap();
+        for (list, why) in [
+            (
+                &["--max-connections", "0", "22"][..],
+                "--max-connections must be at least 1",
+            ),
+            (
+                &["22", "--", "-"][..],
+                "\"-\" is not an option for qrexec-client-vm",
+            ),
+            (&["22", "junk"][..], "\"junk\" is not an option"),
+        ] {
+            let e = Config::new(tcp, args(list), env(&[])).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains(why), "{list:?}: {e}");
         }
     }
 }
