@@ -266,4 +266,41 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn own_socket_unit_from_the_cgroup() {
+        let unified = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/qrexec-connect-tcp@22.service\n";
+        assert_eq!(
+            socket_unit_from_cgroup(unified).as_deref(),
+            Some("qrexec-connect-tcp@22.socket")
+        );
+        let hybrid = "12:pids:/user.slice\n1:name=systemd:/user.slice/user@1000.service/app.slice/gitweb.service\n0::/\n";
+        assert_eq!(
+            socket_unit_from_cgroup(hybrid).as_deref(),
+            Some("gitweb.socket")
+        );
+        // In a delegated subgroup of the service.
+        let nested = "0::/user.slice/user@1000.service/app.slice/x.service/payload\n";
+        assert_eq!(socket_unit_from_cgroup(nested).as_deref(), Some("x.socket"));
+        for none in [
+            "0::/\n",
+            "0::/user.slice/user-1000.slice/session-2.scope\n",
+            "",
+            "0::/a/.service\n",
+        ] {
+            assert_eq!(socket_unit_from_cgroup(none), None, "{none:?}");
+        }
+    }
+
+    #[test]
+    fn only_utf8_values() {
+        use std::os::unix::ffi::OsStringExt;
+        assert_eq!(text("LISTEN_FDNAMES", "work".into()), Ok("work".into()));
+        let e = text("LISTEN_FDNAMES", OsString::from_vec(b"w\xffrk".to_vec())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "LISTEN_FDNAMES=\"w\\xFFrk\" is not ASCII: systemd passes only ASCII there \
+             (FileDescriptorName= in systemd.socket(5))"
+        );
+    }
 }

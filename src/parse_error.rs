@@ -187,3 +187,81 @@ impl From<QubeNameError> for ParseError {
         ParseError::QubeName(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::activation;
+    use crate::argument::{LoopbackAddr, Port, SocketName, TcpBind};
+    use crate::call::{Call, FdName, Target};
+
+    /// The texts the black-box tests and users see, unchanged by the move
+    /// from strings to typed errors.
+    #[test]
+    fn messages() {
+        let text = |r: Result<(), super::ParseError>| r.unwrap_err().to_string();
+        for (got, want) in [
+            (
+                text(Port::parse("0a").map(drop)),
+                "port '0a' is not a number from 1 to 65535 without leading zeros",
+            ),
+            (
+                text(LoopbackAddr::parse("10.0.0.1").map(drop)),
+                "bind address '10.0.0.1' is outside 127.0.0.0/8: the bind side stays on the loopback interface",
+            ),
+            (
+                text(LoopbackAddr::parse("127.255.255.255").map(drop)),
+                "bind address '127.255.255.255' is the broadcast address of 127.0.0.0/8, not a host",
+            ),
+            (
+                text(LoopbackAddr::parse("x\n").map(drop)),
+                "bind address 'x\\n' is not an IPv4 address like 127.0.1.1",
+            ),
+            (
+                text(TcpBind::parse("2049").map(drop)),
+                "'2049' is not PORT-BINDADDR (for example 2049-127.0.1.1)",
+            ),
+            (
+                text(SocketName::parse(".x").map(drop)),
+                "socket name '.x' starts with '.'",
+            ),
+            (
+                text(SocketName::parse("a/b").map(drop)),
+                "character '/' is not allowed in a socket name (A-Z a-z 0-9 _ . -)",
+            ),
+            (
+                text(Target::parse("@dispvm+2x").map(drop)),
+                "disposable template: a qube name starts with a letter",
+            ),
+            (
+                text(Target::parse("@tag+x").map(drop)),
+                "unknown target keyword '@tag+x' (use a qube name, @default, @adminvm, @dispvm or @dispvm+TEMPLATE)",
+            ),
+            (
+                text(Call::new("a+b", None).map(drop)),
+                "service name 'a+b' contains '+'; give the argument separately",
+            ),
+            (
+                text(FdName::parse(Some("work qubes.X;y")).map(drop)),
+                "character ';' is not allowed in a call (A-Z a-z 0-9 _ . - +) in 'qubes.X;y'",
+            ),
+            (
+                text(FdName::parse(Some("a b c")).map(drop)),
+                "more than two words (the form is TARGET or 'TARGET SERVICE+ARG')",
+            ),
+            (
+                text(activation::parse(Some("x"), Some("1"), None, 1).map(drop)),
+                "LISTEN_PID=\"x\" is not a process id",
+            ),
+            (
+                text(activation::parse(Some("1"), Some("99999"), None, 1).map(drop)),
+                "LISTEN_FDS=99999 is more than 4096 sockets",
+            ),
+            (
+                text(activation::parse(Some("1"), Some("1"), Some("a:b"), 1).map(drop)),
+                "LISTEN_FDNAMES has 2 names for LISTEN_FDS=1 sockets",
+            ),
+        ] {
+            assert_eq!(got, want);
+        }
+    }
+}

@@ -1,26 +1,17 @@
-//! The client-side applets: socket-activated, each socket's connections go to
-//! `qrexec-client-vm TARGET SERVICE+ARG`.
-//!
-//! The applets differ only in the call they make from their argument (the
-//! unit's `%i`): `qrexec-connect-tcp PORT` calls `qubes.ConnectTCP+PORT`,
-//! `qrexec-connect-tcp-bind PORT-BINDADDR` calls `qubes.ConnectTCPBind+...`,
-//! `qrexec-connect-unix NAME` calls `qubes.ConnectUnix+NAME`, and the plain
-//! `qrexec-connect` takes the call from each socket's name or `--service`.
+//! A client applet's command line and environment, checked into a
+//! [`Config`] before any socket is touched: pure, so tests need neither
+//! sockets nor a process environment.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use argh::FromArgs;
-use log::{info, warn};
 
-use super::{Applet, Kind};
-use crate::activation::{self, Passed};
+use crate::applet::{Applet, Kind};
 use crate::argument::{Port, SocketName, TcpBind};
-use crate::call::{Call, FdName, SystemdDefault, Target};
-use crate::daemon::{self, Listener, Options};
+use crate::call::Call;
 use crate::error::{Error, Result};
-use crate::notify::Notifier;
 use crate::qrexec::{self, StdinSocket};
 use crate::stdin_socket;
 
@@ -29,7 +20,7 @@ use crate::stdin_socket;
 /// becomes the stdin and stdout of `qrexec-client-vm TARGET SERVICE+ARG`.
 /// Sockets come from systemd (or systemd-socket-activate); each socket's
 /// FileDescriptorName is TARGET, or 'TARGET SERVICE+ARG'.
-struct Args {
+pub(super) struct Args {
     /// the qrexec service to call when a socket's name gives only the target
     /// (plain qrexec-connect only)
     #[argh(option)]
@@ -65,7 +56,7 @@ struct Args {
 
     /// log each connection's start too
     #[argh(switch, short = 'v')]
-    verbose: bool,
+    pub(super) verbose: bool,
 
     /// PORT, PORT-BINDADDR or NAME for the templated applets; then, after
     /// `--`, options passed on to qrexec-client-vm
@@ -76,24 +67,28 @@ struct Args {
 /// A client applet's configuration, checked: everything its command line
 /// and environment say, before any socket is touched.
 #[derive(Debug, PartialEq)]
-struct Config {
+pub(super) struct Config {
     /// The call for sockets whose name gives only a target.
-    call: Option<Call>,
+    pub(super) call: Option<Call>,
     /// Passed on to qrexec-client-vm, each checked to be an option.
-    options: Vec<OsString>,
-    max_connections: usize,
-    drain_timeout: Duration,
-    exit_idle_time: Option<Duration>,
-    stdin_socket: StdinSocket,
-    qrexec_client_vm: PathBuf,
+    pub(super) options: Vec<OsString>,
+    pub(super) max_connections: usize,
+    pub(super) drain_timeout: Duration,
+    pub(super) exit_idle_time: Option<Duration>,
+    pub(super) stdin_socket: StdinSocket,
+    pub(super) qrexec_client_vm: PathBuf,
     /// Where the `--stdin-socket auto` answer is kept (`$RUNTIME_DIRECTORY`).
-    cache_dir: Option<PathBuf>,
+    pub(super) cache_dir: Option<PathBuf>,
 }
 
 impl Config {
     /// Pure: `env` answers for the variables read here (QREXEC_CLIENT_VM,
     /// RUNTIME_DIRECTORY), so tests need no process environment.
-    fn new(applet: &Applet, args: Args, env: impl Fn(&str) -> Option<OsString>) -> Result<Self> {
+    pub(super) fn new(
+        applet: &Applet,
+        args: Args,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Self> {
         let (call, used) = applet_call(applet, &args)?;
         let options: Vec<OsString> = args.rest[used..].iter().map(OsString::from).collect();
         check_passed_options(&options)?;
@@ -168,7 +163,7 @@ const VALUE_OPTIONS: &[&str] = &[
 
 /// Splits `--name=value` of our value options, up to `--` (what follows is
 /// qrexec-client-vm's, such as `--buffer-size=N`, and stays whole).
-fn split_values<'a>(raw: &[&'a str]) -> Vec<&'a str> {
+pub(super) fn split_values<'a>(raw: &[&'a str]) -> Vec<&'a str> {
     let mut args = Vec::with_capacity(raw.len() + 2);
     let mut ours = true;
     for &arg in raw {
@@ -202,210 +197,6 @@ fn check_passed_options(options: &[OsString]) -> Result<()> {
         ))),
         None => Ok(()),
     }
-}
-
-/// Runs a client applet: its configuration, the logger, the passed
-/// sockets and their routes, the qrexec-client-vm to run, then serving.
-pub fn run(applet: &'static Applet, raw: &[&str]) -> Result<u8> {
-    let Some(args) = parse(applet.name, raw)? else {
-        return Ok(0);
-    };
-    crate::logging::init(applet.name, args.verbose);
-    let config = Config::new(applet, args, |name| std::env::var_os(name))?;
-    let Some(passed) = activation::take()? else {
-        return Err(Error::NotConfigured(not_configured(applet)));
-    };
-    let notifier = Notifier::from_env()
-        .map_err(|e| Error::Usage(format!("NOTIFY_SOCKET is not a usable socket address: {e}")))?;
-    let sockets = sockets(passed, config.call.as_ref())?;
-    let client = qrexec::Client {
-        stdin_socket: use_stdin_socket(&config),
-        path: config.qrexec_client_vm.clone(),
-        options: config.options.clone(),
-    };
-    serve(sockets, client, &config, notifier)
-}
-
-/// The command line, or `None` once `--help` is printed.
-fn parse(name: &str, raw: &[&str]) -> Result<Option<Args>> {
-    match super::parse_args(name, &split_values(raw)) {
-        Ok(args) => Ok(Some(args)),
-        Err((help, 0)) => {
-            print!("{help}");
-            Ok(None)
-        }
-        Err((message, _)) => Err(Error::Usage(message.trim_end().to_owned())),
-    }
-}
-
-/// What the passed sockets are: listeners, or the one connection systemd
-/// accepted for us (`Accept=yes`).
-enum Sockets {
-    Listening(Vec<Listener>),
-    Accepted(Listener),
-}
-
-/// Routes every passed socket; refuses a connected one among several.
-fn sockets(passed: Vec<Passed>, call: Option<&Call>) -> Result<Sockets> {
-    let routes = route(&passed, call, activation::own_socket_unit().as_deref())?;
-    if let Some(p) = passed.iter().find(|p| !p.listening)
-        && passed.len() > 1
-    {
-        return Err(Error::Unsupported(format!(
-            "{} is a connected socket among several: use Accept=yes units with one socket each",
-            p.addr
-        )));
-    }
-    let accepted = !passed[0].listening;
-    let mut listeners: Vec<Listener> = passed
-        .into_iter()
-        .zip(routes)
-        .map(|(p, (target, call))| Listener {
-            fd: p.fd,
-            addr: p.addr,
-            target,
-            call,
-        })
-        .collect();
-    if accepted {
-        let connection = listeners.pop().expect("one socket passed");
-        return Ok(Sockets::Accepted(connection));
-    }
-    Ok(Sockets::Listening(listeners))
-}
-
-/// Whether to pass `--use-stdin-socket`: as configured, or as
-/// qrexec-client-vm's `-h` says (cached across starts).
-fn use_stdin_socket(config: &Config) -> bool {
-    let path = &config.qrexec_client_vm;
-    match config.stdin_socket {
-        StdinSocket::Yes => true,
-        StdinSocket::No => false,
-        StdinSocket::Auto => match stdin_socket::detect(path, config.cache_dir.as_deref()) {
-            Ok(true) => true,
-            Ok(false) => {
-                info!(
-                    "{} does not support {}: clients see EOF only when it exits (qrexec older than 4.2.19)",
-                    path.display(),
-                    qrexec::STDIN_SOCKET_FLAG
-                );
-                false
-            }
-            Err(e) => {
-                warn!(
-                    "cannot run {} -h ({e}); connections fail until it is installed",
-                    path.display()
-                );
-                false
-            }
-        },
-    }
-}
-
-/// Serves the sockets until told to stop (or, for `Accept=yes`, the one
-/// connection to its end).
-fn serve(
-    sockets: Sockets,
-    client: qrexec::Client,
-    config: &Config,
-    notifier: Notifier,
-) -> Result<u8> {
-    match sockets {
-        // Accept=yes: systemd accepted the connection and started us for it.
-        Sockets::Accepted(connection) => daemon::serve_one(connection, &client, &notifier),
-        Sockets::Listening(listeners) => {
-            let options = Options {
-                max_connections: config.max_connections,
-                drain_timeout: config.drain_timeout,
-                exit_idle_time: config.exit_idle_time,
-            };
-            daemon::run(listeners, client, options, notifier)?;
-            Ok(0)
-        }
-    }
-}
-
-/// Decides each socket's target and call from its name; refuses the first
-/// bad one, naming it and its address. `own_socket_unit`: see
-/// [`SystemdDefault`].
-fn route(
-    passed: &[Passed],
-    call: Option<&Call>,
-    own_socket_unit: Option<&str>,
-) -> Result<Vec<(Target, Call)>> {
-    let mut defaulted = false;
-    let mut unit_like = Vec::new();
-    let routes = passed
-        .iter()
-        .map(|p| {
-            let default = SystemdDefault {
-                accepted: !p.listening,
-                own_socket_unit,
-            };
-            let (parsed, route) = route_one(p, call, &default)?;
-            match parsed {
-                FdName::Unnamed => defaulted = true,
-                FdName::Target(_) if route.0.as_str().ends_with(".socket") => unit_like.push(p),
-                _ => {}
-            }
-            Ok(route)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if defaulted {
-        info!("sockets without a FileDescriptorName of their own call @default");
-    }
-    for p in unit_like {
-        warn!(
-            "socket {} calls the qube {}: a socket unit's own name is systemd's default \
-             FileDescriptorName, taken as @default only for the unit named like this service",
-            p.addr,
-            p.name.as_deref().unwrap_or("")
-        );
-    }
-    Ok(routes)
-}
-
-/// One socket's route, and what its name said.
-fn route_one(
-    p: &Passed,
-    call: Option<&Call>,
-    default: &SystemdDefault<'_>,
-) -> Result<(FdName, (Target, Call))> {
-    let bad = |why: String| {
-        let name = p.name.as_deref().unwrap_or("");
-        Error::Usage(format!(
-            "socket {} has a bad FileDescriptorName {name:?}: {why}",
-            p.addr
-        ))
-    };
-    let parsed =
-        FdName::parse_passed(p.name.as_deref(), default).map_err(|e| bad(e.to_string()))?;
-    let route = match (&parsed, call) {
-        (FdName::Full(target, call), _) => (target.clone(), call.clone()),
-        (FdName::Target(target), Some(call)) => (target.clone(), call.clone()),
-        (FdName::Unnamed, Some(call)) => (Target::default_target(), call.clone()),
-        (FdName::Target(_) | FdName::Unnamed, None) => {
-            return Err(bad(
-                "qrexec-connect needs 'TARGET SERVICE+ARG' here, or --service".into(),
-            ));
-        }
-    };
-    Ok((parsed, route))
-}
-
-/// What to say when started by hand, without sockets.
-fn not_configured(applet: &Applet) -> String {
-    let example = match applet.kind {
-        Kind::Tcp => "--fdname=work qrexec-connect-tcp 8000",
-        Kind::TcpBind => "--fdname=work qrexec-connect-tcp-bind 2049-127.0.1.1",
-        Kind::Unix => "--fdname=vault qrexec-connect-unix gpg-agent-ssh",
-        _ => "--fdname='work qubes.ConnectTCP+8000' qrexec-connect",
-    };
-    format!(
-        "{} serves sockets passed by systemd (LISTEN_FDS) and none were passed; \
-         run it from a socket unit, or try: systemd-socket-activate --listen=127.0.0.1:8000 {example}",
-        applet.name
-    )
 }
 
 #[cfg(test)]
