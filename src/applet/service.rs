@@ -171,9 +171,8 @@ pub fn runtime_dir(xdg: Option<OsString>, uid: u32) -> PathBuf {
 /// to it; a missing one is left to the connect, which says how to make it.
 fn check_unix_dir(dir: &Path, uid: u32) -> Result<()> {
     let meta = match std::fs::metadata(dir) {
-        Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(Error::io(format!("stat {}", dir.display()), e)),
+        stat => stat.context(|| format!("stat {}", dir.display()))?,
     };
     let mode = meta.permissions().mode() & 0o7777;
     let why = if meta.uid() != uid {
