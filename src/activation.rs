@@ -3,11 +3,13 @@
 //! LISTEN_FDS and LISTEN_FDNAMES (`FileDescriptorName=` in `systemd.socket(5)`).
 //!
 //! [`parse`] is pure; [`take`] reads and removes the variables and takes the
-//! fds, closing them to every child (FD_CLOEXEC).
+//! fds, closing them to every child (FD_CLOEXEC). [`own_socket_unit`] names
+//! the socket unit whose name systemd gives its sockets by default.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext as _, ParseError, Result};
 use crate::sys::{self, socket::SockAddr, socket::SocketInfo};
 
 /// The first passed fd (`SD_LISTEN_FDS_START`).
@@ -24,32 +26,32 @@ pub fn parse(
     listen_fds: Option<&str>,
     listen_fdnames: Option<&str>,
     our_pid: u32,
-) -> std::result::Result<Option<Vec<Option<String>>>, String> {
+) -> std::result::Result<Option<Vec<Option<String>>>, ParseError> {
     let (Some(pid), Some(fds)) = (listen_pid, listen_fds) else {
         return Ok(None);
     };
     match pid.parse::<u32>() {
         Ok(pid) if pid == our_pid => {}
         Ok(_) => return Ok(None),
-        Err(_) => return Err(format!("LISTEN_PID={pid:?} is not a process id")),
+        Err(_) => return Err(ParseError::ListenPid(pid.to_owned())),
     }
     if fds.is_empty() || !fds.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("LISTEN_FDS={fds:?} is not a number of sockets"));
+        return Err(ParseError::ListenFds(fds.to_owned()));
     }
     let count = match fds.parse::<usize>() {
         Ok(0) => return Ok(None),
         Ok(n) if n <= MAX_FDS => n,
-        _ => return Err(format!("LISTEN_FDS={fds} is more than {MAX_FDS} sockets")),
+        _ => return Err(ParseError::TooManyFds(fds.to_owned())),
     };
     let Some(names) = listen_fdnames else {
         return Ok(Some(vec![None; count]));
     };
     let names: Vec<Option<String>> = names.split(':').map(|n| Some(n.to_owned())).collect();
     if names.len() != count {
-        return Err(format!(
-            "LISTEN_FDNAMES has {} names for LISTEN_FDS={count} sockets",
-            names.len()
-        ));
+        return Err(ParseError::NamesForFds {
+            names: names.len(),
+            fds: count,
+        });
     }
     Ok(Some(names))
 }
@@ -67,18 +69,18 @@ pub struct Passed {
 /// Reads and removes LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES, then takes
 /// the passed fds. `Ok(None)`: started without sockets.
 pub fn take() -> Result<Option<Vec<Passed>>> {
-    let var = |name| std::env::var(name).ok();
-    let (pid, fds, names) = (var("LISTEN_PID"), var("LISTEN_FDS"), var("LISTEN_FDNAMES"));
-    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+    let vars =
+        ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"].map(|name| (name, std::env::var_os(name)));
+    for (name, _) in &vars {
         sys::remove_env(name);
     }
+    let [pid, fds, names] = vars.map(|(name, value)| value.map(|v| text(name, v)).transpose());
     let parsed = parse(
-        pid.as_deref(),
-        fds.as_deref(),
-        names.as_deref(),
+        pid?.as_deref(),
+        fds?.as_deref(),
+        names?.as_deref(),
         std::process::id(),
-    )
-    .map_err(Error::Usage)?;
+    )?;
     let Some(names) = parsed else {
         return Ok(None);
     };
@@ -94,8 +96,7 @@ pub fn take() -> Result<Option<Vec<Passed>>> {
             )));
         }
         let fd = sys::take_inherited_fd(raw);
-        sys::set_cloexec(fd.as_fd())
-            .map_err(|e| Error::io(format!("set FD_CLOEXEC on fd {raw}"), e))?;
+        sys::set_cloexec(fd.as_fd()).context(|| format!("set FD_CLOEXEC on fd {raw}"))?;
         taken.push((fd, name));
     }
     taken
@@ -103,6 +104,46 @@ pub fn take() -> Result<Option<Vec<Passed>>> {
         .map(check)
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+/// A LISTEN_* value as text. systemd writes only ASCII there (its
+/// `fdname_is_valid()` refuses anything else), so bytes that are not even
+/// UTF-8 did not come from it: refused, never read as unset. Other
+/// non-ASCII text goes on to the parsers, which accept only ASCII and name
+/// the character.
+fn text(var: &'static str, value: OsString) -> std::result::Result<String, ParseError> {
+    value
+        .into_string()
+        .map_err(|value| ParseError::NotAscii { var, value })
+}
+
+/// The socket unit named like the service we run in, from the last
+/// `NAME.service` of our cgroup path (`/proc/self/cgroup`, cgroups(7)):
+/// `qrexec-connect-tcp@22.socket` in `.../app.slice/qrexec-connect-tcp@22.service`.
+/// `None` outside a service's cgroup (a terminal's scope); started by
+/// `systemd-socket-activate` inside a service, that service's socket unit,
+/// which is then no name of ours.
+pub fn own_socket_unit() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    socket_unit_from_cgroup(&text)
+}
+
+/// The pure part of [`own_socket_unit`]: the unified (`0::`) line, else the
+/// `name=systemd` one of a hybrid hierarchy.
+pub fn socket_unit_from_cgroup(text: &str) -> Option<String> {
+    let path = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(prefix))
+            .filter(|path| *path != "/")
+    };
+    let path = path("0::").or_else(|| {
+        text.lines()
+            .find_map(|line| line.split_once(":name=systemd:").map(|(_, p)| p))
+    })?;
+    let service = path
+        .rsplit('/')
+        .find_map(|unit| unit.strip_suffix(".service"))?;
+    (!service.is_empty()).then(|| format!("{service}.socket"))
 }
 
 fn describe(name: &Option<String>) -> String {
@@ -115,17 +156,14 @@ fn describe(name: &Option<String>) -> String {
 /// Refuses anything but a stream socket of AF_INET, AF_INET6, AF_UNIX or AF_VSOCK.
 fn check((fd, name): (OwnedFd, Option<String>)) -> Result<Passed> {
     use sys::FileKind;
-    let raw = {
-        use std::os::fd::AsRawFd;
-        fd.as_raw_fd()
-    };
+    let raw = fd.as_raw_fd();
     let what = |kind: &str| {
         Error::Unsupported(format!(
             "passed fd {raw} {} is {kind}, not a stream socket",
             describe(&name)
         ))
     };
-    match sys::file_kind(fd.as_fd()).map_err(|e| Error::io(format!("fstat fd {raw}"), e))? {
+    match sys::file_kind(fd.as_fd()).context(|| format!("fstat fd {raw}"))? {
         FileKind::Socket => {}
         FileKind::Fifo => return Err(what("a FIFO")),
         FileKind::Regular => return Err(what("a regular file")),
@@ -136,10 +174,9 @@ fn check((fd, name): (OwnedFd, Option<String>)) -> Result<Passed> {
         domain,
         kind,
         listening,
-    } = sys::socket::socket_info(fd.as_fd())
-        .map_err(|e| Error::io(format!("inspect socket fd {raw}"), e))?;
-    let addr = sys::socket::local_addr(fd.as_fd())
-        .map_err(|e| Error::io(format!("get the address of fd {raw}"), e))?;
+    } = sys::socket::socket_info(fd.as_fd()).context(|| format!("inspect socket fd {raw}"))?;
+    let addr =
+        sys::socket::local_addr(fd.as_fd()).context(|| format!("get the address of fd {raw}"))?;
     if kind != libc::SOCK_STREAM {
         let kind = match kind {
             libc::SOCK_DGRAM => "a datagram socket",
@@ -228,5 +265,42 @@ mod tests {
                 "{pid} {fds} {names:?}"
             );
         }
+    }
+
+    #[test]
+    fn own_socket_unit_from_the_cgroup() {
+        let unified = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/qrexec-connect-tcp@22.service\n";
+        assert_eq!(
+            socket_unit_from_cgroup(unified).as_deref(),
+            Some("qrexec-connect-tcp@22.socket")
+        );
+        let hybrid = "12:pids:/user.slice\n1:name=systemd:/user.slice/user@1000.service/app.slice/gitweb.service\n0::/\n";
+        assert_eq!(
+            socket_unit_from_cgroup(hybrid).as_deref(),
+            Some("gitweb.socket")
+        );
+        // In a delegated subgroup of the service.
+        let nested = "0::/user.slice/user@1000.service/app.slice/x.service/payload\n";
+        assert_eq!(socket_unit_from_cgroup(nested).as_deref(), Some("x.socket"));
+        for none in [
+            "0::/\n",
+            "0::/user.slice/user-1000.slice/session-2.scope\n",
+            "",
+            "0::/a/.service\n",
+        ] {
+            assert_eq!(socket_unit_from_cgroup(none), None, "{none:?}");
+        }
+    }
+
+    #[test]
+    fn only_utf8_values() {
+        use std::os::unix::ffi::OsStringExt;
+        assert_eq!(text("LISTEN_FDNAMES", "work".into()), Ok("work".into()));
+        let e = text("LISTEN_FDNAMES", OsString::from_vec(b"w\xffrk".to_vec())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "LISTEN_FDNAMES=\"w\\xFFrk\" is not ASCII: systemd passes only ASCII there \
+             (FileDescriptorName= in systemd.socket(5))"
+        );
     }
 }

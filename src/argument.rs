@@ -10,19 +10,15 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::call::{MAX_FIELD, is_call_char};
+use crate::error::ParseError;
 
 /// A TCP port, 1-65535, in its canonical decimal spelling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Port(u16);
 
 impl Port {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "port '{}' is not a number from 1 to 65535 without leading zeros",
-                s.escape_debug()
-            )
-        };
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let bad = || ParseError::Port(s.to_owned());
         if s.is_empty()
             || s.len() > 5
             || !s.bytes().all(|b| b.is_ascii_digit())
@@ -52,26 +48,19 @@ impl fmt::Display for Port {
 pub struct LoopbackAddr(Ipv4Addr);
 
 impl LoopbackAddr {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
         // Ipv4Addr's parser takes only four decimal octets without leading
         // zeros, so the accepted spelling is canonical.
-        let addr: Ipv4Addr = s.parse().map_err(|_| {
-            format!(
-                "bind address '{}' is not an IPv4 address like 127.0.1.1",
-                s.escape_debug()
-            )
-        })?;
+        let addr: Ipv4Addr = s
+            .parse()
+            .map_err(|_| ParseError::BindNotIpv4(s.to_owned()))?;
         if !addr.is_loopback() {
-            return Err(format!(
-                "bind address '{s}' is outside 127.0.0.0/8: the bind side stays on the loopback interface"
-            ));
+            return Err(ParseError::BindNotLoopback(addr));
         }
         // Linux accepts a bind to the broadcast address but connects from
         // 127.0.0.1 instead: the server would see the wrong client.
         if addr == Ipv4Addr::new(127, 255, 255, 255) {
-            return Err(format!(
-                "bind address '{s}' is the broadcast address of 127.0.0.0/8, not a host"
-            ));
+            return Err(ParseError::BindBroadcast(addr));
         }
         Ok(LoopbackAddr(addr))
     }
@@ -96,13 +85,10 @@ pub struct TcpBind {
 }
 
 impl TcpBind {
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (port, bind) = s.split_once('-').ok_or_else(|| {
-            format!(
-                "'{}' is not PORT-BINDADDR (for example 2049-127.0.1.1)",
-                s.escape_debug()
-            )
-        })?;
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        let (port, bind) = s
+            .split_once('-')
+            .ok_or_else(|| ParseError::NotPortBindAddr(s.to_owned()))?;
         Ok(TcpBind {
             port: Port::parse(port)?,
             bind: LoopbackAddr::parse(bind)?,
@@ -125,25 +111,18 @@ pub const MAX_SOCKET_NAME: usize = MAX_FIELD - "qubes.ConnectUnix+".len();
 pub struct SocketName(String);
 
 impl SocketName {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
         if s.is_empty() {
-            return Err("empty socket name".into());
+            return Err(ParseError::EmptySocketName);
         }
         if s.starts_with('.') {
-            return Err(format!(
-                "socket name '{}' starts with '.'",
-                s.escape_debug()
-            ));
+            return Err(ParseError::HiddenSocketName(s.to_owned()));
         }
         if s.len() > MAX_SOCKET_NAME {
-            return Err(format!(
-                "socket name longer than {MAX_SOCKET_NAME} bytes (the whole call must fit in {MAX_FIELD})"
-            ));
+            return Err(ParseError::SocketNameTooLong);
         }
         if let Some(c) = s.chars().find(|&c| !is_call_char(c) || c == '+') {
-            return Err(format!(
-                "character {c:?} is not allowed in a socket name (A-Z a-z 0-9 _ . -)"
-            ));
+            return Err(ParseError::SocketNameChar(c));
         }
         Ok(SocketName(s.to_owned()))
     }

@@ -9,6 +9,9 @@
 
 use std::fmt;
 
+use crate::error::ParseError;
+use crate::parse_error::QubeNameError;
+
 /// The longest target or call qrexec carries unchanged (a 64-byte field, NUL included).
 pub const MAX_FIELD: usize = 63;
 /// The longest qube name Qubes accepts.
@@ -27,12 +30,12 @@ impl Target {
     /// Parses a target as written in a socket name, where `:` cannot appear:
     /// `@dispvm+TEMPLATE` stands for qrexec's `@dispvm:TEMPLATE`, and the
     /// older `$` spelling of keywords is accepted for `@`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
         if s.is_empty() {
-            return Err("empty target".into());
+            return Err(ParseError::EmptyTarget);
         }
         if s.len() > MAX_FIELD {
-            return Err(format!("target longer than {MAX_FIELD} bytes"));
+            return Err(ParseError::TargetTooLong);
         }
         let normalized = match s.strip_prefix('$') {
             Some(rest) => format!("@{rest}"),
@@ -49,13 +52,10 @@ impl Target {
         match (word, template) {
             ("default" | "adminvm" | "dispvm", None) => Ok(Target(format!("@{word}"))),
             ("dispvm", Some(template)) => {
-                qube_name(template).map_err(|e| format!("disposable template: {e}"))?;
+                qube_name(template).map_err(ParseError::DisposableTemplate)?;
                 Ok(Target(format!("@dispvm:{template}")))
             }
-            _ => Err(format!(
-                "unknown target keyword '@{}' (use a qube name, @default, @adminvm, @dispvm or @dispvm+TEMPLATE)",
-                keyword.escape_debug()
-            )),
+            _ => Err(ParseError::UnknownKeyword(keyword.to_owned())),
         }
     }
 
@@ -71,23 +71,21 @@ impl fmt::Display for Target {
 }
 
 /// Checks a qube name the way Qubes does: a letter first, then `A-Za-z0-9_.-`.
-fn qube_name(s: &str) -> Result<(), String> {
+fn qube_name(s: &str) -> Result<(), QubeNameError> {
     if s.is_empty() {
-        return Err("empty qube name".into());
+        return Err(QubeNameError::Empty);
     }
     if s.len() > MAX_QUBE_NAME {
-        return Err(format!("qube name longer than {MAX_QUBE_NAME} characters"));
+        return Err(QubeNameError::TooLong);
     }
     if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        return Err("a qube name starts with a letter".into());
+        return Err(QubeNameError::FirstNotLetter);
     }
     if let Some(c) = s
         .chars()
         .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
-        return Err(format!(
-            "character {c:?} is not allowed in a qube name (A-Z a-z 0-9 _ . -)"
-        ));
+        return Err(QubeNameError::Char(c));
     }
     Ok(())
 }
@@ -103,31 +101,26 @@ pub struct Call(String);
 
 impl Call {
     /// Parses `SERVICE[+ARG]`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
         if s.is_empty() {
-            return Err("empty service name".into());
+            return Err(ParseError::EmptyService);
         }
         if s.starts_with('+') {
-            return Err("a call starts with the service name, not '+'".into());
+            return Err(ParseError::CallStartsWithPlus);
         }
         if s.len() > MAX_FIELD {
-            return Err(format!("call longer than {MAX_FIELD} bytes"));
+            return Err(ParseError::CallTooLong);
         }
         if let Some(c) = s.chars().find(|&c| !is_call_char(c)) {
-            return Err(format!(
-                "character {c:?} is not allowed in a call (A-Z a-z 0-9 _ . - +)"
-            ));
+            return Err(ParseError::CallChar(c));
         }
         Ok(Call(s.to_owned()))
     }
 
     /// Joins a service and its argument (`None` or empty: no argument).
-    pub fn new(service: &str, argument: Option<&str>) -> Result<Self, String> {
+    pub fn new(service: &str, argument: Option<&str>) -> Result<Self, ParseError> {
         if service.contains('+') {
-            return Err(format!(
-                "service name '{}' contains '+'; give the argument separately",
-                service.escape_debug()
-            ));
+            return Err(ParseError::ServiceWithPlus(service.to_owned()));
         }
         match argument {
             Some(arg) if !arg.is_empty() => Call::parse(&format!("{service}+{arg}")),
@@ -157,8 +150,8 @@ impl fmt::Display for Call {
 /// What a socket's FileDescriptorName says.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FdName {
-    /// No name (LISTEN_FDNAMES unset) or systemd's default name (`UNIT.socket`,
-    /// or `connection` for `Accept=yes`): `@default`, call from the applet.
+    /// No name (LISTEN_FDNAMES unset) or systemd's default name
+    /// ([`SystemdDefault`]): `@default`, call from the applet.
     Unnamed,
     /// `TARGET`: the call comes from the applet.
     Target(Target),
@@ -167,27 +160,80 @@ pub enum FdName {
 }
 
 impl FdName {
-    /// Parses one name of LISTEN_FDNAMES (`None` when the variable is unset).
-    pub fn parse(name: Option<&str>) -> Result<Self, String> {
+    /// Parses one name of LISTEN_FDNAMES as written (`None` when the
+    /// variable is unset): every name given is a target or a whole call.
+    pub fn parse(name: Option<&str>) -> Result<Self, ParseError> {
         let Some(name) = name else {
             return Ok(FdName::Unnamed);
         };
         if name.is_empty() {
-            return Err("empty FileDescriptorName".into());
-        }
-        if name.ends_with(".socket") || name == "connection" {
-            return Ok(FdName::Unnamed);
+            return Err(ParseError::EmptyFdName);
         }
         let mut words = name.split(' ');
         match (words.next(), words.next(), words.next()) {
             (Some(target), None, _) => Ok(FdName::Target(Target::parse(target)?)),
             (Some(target), Some(call), None) => Ok(FdName::Full(
                 Target::parse(target)?,
-                Call::parse(call).map_err(|e| format!("{e} in '{}'", call.escape_debug()))?,
+                Call::parse(call)
+                    .map_err(|e| ParseError::CallInFdName(Box::new(e), call.to_owned()))?,
             )),
-            _ => Err("more than two words (the form is TARGET or 'TARGET SERVICE+ARG')".into()),
+            _ => Err(ParseError::TooManyWords),
         }
     }
+
+    /// Parses the name of a passed socket: systemd's default name is
+    /// [`FdName::Unnamed`], any other as [`FdName::parse`] reads it.
+    pub fn parse_passed(
+        name: Option<&str>,
+        default: &SystemdDefault<'_>,
+    ) -> Result<Self, ParseError> {
+        match name {
+            Some(name) if default.is(name) => Ok(FdName::Unnamed),
+            _ => FdName::parse(name),
+        }
+    }
+}
+
+/// The FileDescriptorName systemd gives a socket whose unit sets none
+/// (`FileDescriptorName=` in systemd.socket(5)): `connection` for the
+/// connection of an `Accept=yes` unit, else the socket unit's own name.
+///
+/// A service cannot ask which socket units pass it fds, but it knows its own
+/// unit, and a socket unit of the same name is the one systemd pairs with it
+/// by default (`qrexec-connect-tcp@22.socket` for
+/// `qrexec-connect-tcp@22.service`). So the default of a listening socket is
+/// that name exactly; and a name ending in `.socket` that is a unit name but
+/// could not be a target (a template instance's `@`, for one) can only be the
+/// default of another socket unit (`Service=`). Any other name is what it
+/// says: `connection` and `my.socket` are qube names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SystemdDefault<'a> {
+    /// An `Accept=yes` connection, not a listening socket.
+    pub accepted: bool,
+    /// The socket unit named like our service, when we know our service.
+    pub own_socket_unit: Option<&'a str>,
+}
+
+impl SystemdDefault<'_> {
+    /// Whether `name` is systemd's default for this socket.
+    pub fn is(&self, name: &str) -> bool {
+        if self.accepted {
+            return name == "connection";
+        }
+        name.ends_with(".socket")
+            && (self.own_socket_unit == Some(name)
+                || (is_unit_name(name) && Target::parse(name).is_err()))
+    }
+}
+
+/// Whether `s` could be a systemd unit name (`systemd.unit(5)`: ASCII
+/// letters, digits, `:-_.\`, one `@` for a template's instance, at most
+/// 255 bytes).
+fn is_unit_name(s: &str) -> bool {
+    s.len() <= 255
+        && s.matches('@').count() <= 1
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
 }
 
 #[cfg(test)]
@@ -272,11 +318,15 @@ mod tests {
     #[test]
     fn fd_names() {
         assert_eq!(FdName::parse(None).unwrap(), FdName::Unnamed);
+        let target = |t: &str| FdName::Target(Target::parse(t).unwrap());
         assert_eq!(
-            FdName::parse(Some("qrexec-connect-tcp@22.socket")).unwrap(),
-            FdName::Unnamed
+            FdName::parse(Some("connection")).unwrap(),
+            target("connection")
         );
-        assert_eq!(FdName::parse(Some("connection")).unwrap(), FdName::Unnamed);
+        assert_eq!(
+            FdName::parse(Some("my.socket")).unwrap(),
+            target("my.socket")
+        );
         assert_eq!(
             FdName::parse(Some("work")).unwrap(),
             FdName::Target(Target::parse("work").unwrap())
@@ -301,5 +351,56 @@ mod tests {
         ] {
             assert!(FdName::parse(Some(bad)).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn systemd_default_names() {
+        let listening = |own| SystemdDefault {
+            accepted: false,
+            own_socket_unit: own,
+        };
+        let accepted = SystemdDefault {
+            accepted: true,
+            own_socket_unit: Some("qrexec-connect-tcp@22.socket"),
+        };
+        let ours = listening(Some("qrexec-connect-tcp@22.socket"));
+        let unknown = listening(None);
+        let plain = listening(Some("my.socket"));
+        // systemd's defaults.
+        for (default, name) in [
+            (&ours, "qrexec-connect-tcp@22.socket"),
+            (&unknown, "qrexec-connect-tcp@22.socket"),
+            (&ours, "work@1234.socket"),
+            (&plain, "my.socket"),
+            (&accepted, "connection"),
+            (&ours, &format!("{}.socket", "a".repeat(40))),
+        ] {
+            assert_eq!(
+                FdName::parse_passed(Some(name), default),
+                Ok(FdName::Unnamed),
+                "{name} {default:?}"
+            );
+        }
+        // Qube names, whatever they end with.
+        for (default, name) in [
+            (&ours, "connection"),
+            (&ours, "my.socket"),
+            (&unknown, "my.socket"),
+            (&accepted, "qrexec-connect-tcp@22.socket"),
+            (&accepted, "my.socket"),
+        ] {
+            assert!(
+                !default.is(name),
+                "{name} taken for systemd's default by {default:?}"
+            );
+        }
+        assert_eq!(
+            FdName::parse_passed(Some("my.socket"), &ours),
+            Ok(FdName::Target(Target::parse("my.socket").unwrap()))
+        );
+        assert_eq!(FdName::parse_passed(None, &ours), Ok(FdName::Unnamed));
+        // Neither a unit name nor a target: refused.
+        assert!(FdName::parse_passed(Some("wo/rk.socket"), &ours).is_err());
+        assert!(FdName::parse_passed(Some("a@b@c.socket"), &ours).is_err());
     }
 }

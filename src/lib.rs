@@ -4,20 +4,26 @@
 //! (busybox-style): the client side serves sockets passed by systemd and
 //! hands each connection to `qrexec-client-vm`; the service side relays a
 //! qrexec call to a local socket.
+//!
+//! The library is public only where the fuzz targets and the property tests
+//! call the pure parsers (`activation::parse`, `argument`, `call`,
+//! `applet::service::{Destination, call_argument}`, `stdin_socket`'s cache
+//! format); everything else is `pub(crate)`.
 #![deny(unsafe_code)]
 
 pub mod activation;
 pub mod applet;
 pub mod argument;
 pub mod call;
-pub mod daemon;
+pub(crate) mod daemon;
 pub mod error;
-pub mod logging;
-pub mod notify;
-pub mod qrexec;
-pub mod relay;
+pub(crate) mod logging;
+pub(crate) mod notify;
+mod parse_error;
+pub(crate) mod qrexec;
+pub(crate) mod relay;
 pub mod stdin_socket;
-pub mod sys;
+pub(crate) mod sys;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -39,29 +45,21 @@ pub fn main() -> ExitCode {
         .and_then(|a| Path::new(a).file_name())
         .and_then(|n| n.to_str())
         .unwrap_or(MULTICALL);
-    let (applet, rest) = match applet::find(invoked).filter(|a| a.name != MULTICALL) {
-        Some(applet) => (applet, &args[1.min(args.len())..]),
-        None => match dispatch(invoked, &args[1.min(args.len())..]) {
-            Ok(found) => found,
-            Err(code) => return ExitCode::from(code),
-        },
+    let rest = &args[1.min(args.len())..];
+    let (applet, pinned, rest) = match applet::by_invoked_name(invoked) {
+        Some((applet, pinned)) => (applet, pinned, rest),
+        None => {
+            let from_qrexec = std::env::var_os("QREXEC_SERVICE_ARGUMENT").is_some();
+            match dispatch(invoked, rest, from_qrexec) {
+                Ok((applet, rest)) => (applet, None, rest),
+                Err(code) => return ExitCode::from(code),
+            }
+        }
     };
-    match (applet.run)(applet.name, rest) {
+    match applet.run(pinned, rest) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            // Before the logger is installed this still reaches stderr.
-            if log::max_level() == log::LevelFilter::Off {
-                eprintln!("{}: {e}", applet.name);
-            } else if systemd_journal_logger::connected_to_journal() {
-                // The last word goes by stderr, the journal stream systemd
-                // opened for the unit: journald attributes a native message
-                // to a unit by reading its sender's /proc/PID, gone once we
-                // exit, so `journalctl --user -u UNIT` would miss the reason.
-                // `<3>`: priority err (sd-daemon(3)).
-                eprintln!("<3>{e}");
-            } else {
-                log::error!("{e}");
-            }
+            logging::fatal(applet.name, &e);
             ExitCode::from(e.exit_code())
         }
     }
@@ -69,10 +67,22 @@ pub fn main() -> ExitCode {
 
 /// Started as `qrexec-connect` (or an unknown name): argv[1] may name an
 /// applet, or be one of our own options; otherwise the plain applet runs.
+/// Under an unknown name started by qrexec (`from_qrexec`), argv[1] is the
+/// caller's argument, which must not choose the code that runs.
 fn dispatch<'a>(
     invoked: &str,
     args: &'a [&'a str],
+    from_qrexec: bool,
 ) -> Result<(&'static Applet, &'a [&'a str]), u8> {
+    if from_qrexec && invoked != MULTICALL {
+        eprintln!(
+            "{MULTICALL}: started by qrexec as unknown name '{}'; install it under \
+             an applet's name (SERVICE or SERVICE+ARG); the applets are:",
+            invoked.escape_debug()
+        );
+        eprint!("{}", applet::list());
+        return Err(2);
+    }
     match args.first().copied() {
         Some("--list") => {
             print!("{}", applet::list());

@@ -135,18 +135,38 @@ impl Log for Service {
     fn flush(&self) {}
 }
 
+/// The last word of an applet that stops on `error`: one place decides
+/// where it goes. Before the logger is installed, plain on stderr; with
+/// stderr connected to the journal, as a `<3>` (err, sd-daemon(3)) line on
+/// stderr, the stream systemd opened for the unit: journald attributes a
+/// native message to a unit by reading its sender's /proc/PID, gone once we
+/// exit, so `journalctl --user -u UNIT` would miss the reason. Otherwise
+/// through the logger, as every other line.
+pub fn fatal(identifier: &str, error: &crate::error::Error) {
+    if log::max_level() == LevelFilter::Off {
+        eprintln!("{identifier}: {error}");
+    } else if systemd_journal_logger::connected_to_journal() {
+        eprintln!("<3>{error}");
+    } else {
+        log::error!("{error}");
+    }
+}
+
 /// Text from outside (a child's stderr, which carries the remote service's)
 /// made safe for one log line: control characters, such as terminal escape
-/// sequences or a carriage return that would overwrite the line, are
-/// written as escapes.
+/// sequences or a carriage return that would overwrite the line, and the
+/// invisible format characters (Unicode Cf: bidirectional overrides that
+/// reorder what a reader sees, zero-width characters) and line and
+/// paragraph separators (Zl, Zp: a new line to many viewers) are written as
+/// escapes.
 pub fn printable(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);
     }
     Cow::Owned(
         text.chars()
             .map(|c| {
-                if c.is_control() {
+                if needs_escape(c) {
                     c.escape_default().to_string()
                 } else {
                     c.to_string()
@@ -154,6 +174,43 @@ pub fn printable(text: &str) -> Cow<'_, str> {
             })
             .collect(),
     )
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || is_format_or_separator(c)
+}
+
+/// Unicode's general categories Cf, Zl and Zp (Unicode 15.0), as ranges of
+/// code points; `char` has no category query in std.
+const FORMAT_AND_SEPARATORS: &[(u32, u32)] = &[
+    (0xAD, 0xAD),
+    (0x600, 0x605),
+    (0x61C, 0x61C),
+    (0x6DD, 0x6DD),
+    (0x70F, 0x70F),
+    (0x890, 0x891),
+    (0x8E2, 0x8E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x2028, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+];
+
+fn is_format_or_separator(c: char) -> bool {
+    let c = u32::from(c);
+    FORMAT_AND_SEPARATORS
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&c))
 }
 
 #[cfg(test)]
@@ -168,5 +225,53 @@ mod tests {
             "a\\u{1b}[31mred\\u{7}\\rb\\tc"
         );
         assert_eq!(printable("wörk"), "wörk");
+    }
+
+    #[test]
+    fn printable_escapes_format_characters_and_separators() {
+        assert_eq!(
+            printable("a\u{2028}b\u{2029}c"),
+            "a\\u{2028}b\\u{2029}c",
+            "line and paragraph separators"
+        );
+        assert_eq!(
+            printable("\u{202e}txt.exe\u{202c} \u{2066}x\u{2069}"),
+            "\\u{202e}txt.exe\\u{202c} \\u{2066}x\\u{2069}",
+            "bidirectional overrides and isolates"
+        );
+        for c in [
+            '\u{ad}',
+            '\u{200b}',
+            '\u{200d}',
+            '\u{200f}',
+            '\u{202a}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{206f}',
+            '\u{feff}',
+            '\u{fff9}',
+            '\u{fffb}',
+            '\u{e0001}',
+            '\u{e007f}',
+            '\u{600}',
+            '\u{1343f}',
+        ] {
+            let text = c.to_string();
+            assert_eq!(printable(&text), c.escape_default().to_string(), "{c:?}");
+        }
+        // Neighbours that are not format characters stay.
+        for c in [
+            '\u{ac}', '\u{ae}', '\u{2027}', '\u{202f}', '\u{2065}', '\u{fffc}', 'é', '中',
+        ] {
+            let text = c.to_string();
+            assert!(matches!(printable(&text), Cow::Borrowed(_)), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn format_table_is_sorted_and_disjoint() {
+        for pair in FORMAT_AND_SEPARATORS.windows(2) {
+            assert!(pair[0].0 <= pair[0].1 && pair[0].1 < pair[1].0, "{pair:?}");
+        }
     }
 }

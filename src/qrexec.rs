@@ -4,10 +4,11 @@
 //! `qrexec-client-vm [OPTIONS] -- TARGET SERVICE+ARG`: options must come
 //! before the target (getopt stops at the first non-option) and anything after
 //! the call would be run as a local program, hence the `--`.
-//! `--use-stdin-socket` (qrexec 4.2.19, Qubes R4.3) makes it treat fd 0 as a
-//! socket it may `shutdown(SHUT_WR)` when the service closes its output, so the
-//! local client sees EOF at once; older versions only close fd 1, which a
-//! client whose socket is both stdin and stdout never notices.
+//! `--use-stdin-socket` (qrexec 4.2.19, in the Qubes R4.2 updates of May
+//! 2024) makes it treat fd 0 as a socket it may `shutdown(SHUT_WR)` when the
+//! service closes its output, so the local client sees EOF at once; older
+//! versions only close fd 1, which a client whose socket is both stdin and
+//! stdout never notices.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -16,6 +17,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use crate::call::{Call, Target};
+use crate::error::ParseError;
 use crate::sys::process::{Exit, signal_name};
 use crate::sys::spawn::Program;
 
@@ -33,14 +35,14 @@ pub enum StdinSocket {
 }
 
 impl std::str::FromStr for StdinSocket {
-    type Err = String;
+    type Err = ParseError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ParseError> {
         match s {
             "auto" => Ok(StdinSocket::Auto),
             "yes" => Ok(StdinSocket::Yes),
             "no" => Ok(StdinSocket::No),
-            _ => Err(format!("--stdin-socket takes auto, yes or no, not '{s}'")),
+            _ => Err(ParseError::StdinSocket(s.to_owned())),
         }
     }
 }

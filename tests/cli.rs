@@ -262,3 +262,57 @@ fn vsock_listener_is_served() {
     assert!(status.success());
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// `--use-stdin-socket` came with qrexec 4.2.19, in the Qubes R4.2 updates
+/// of May 2024: nothing may send a reader to R4.3 for it (issue 15, item 11).
+#[test]
+fn stdin_socket_is_dated_to_qubes_r4_2() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["README.md", "src/qrexec.rs", "docs/security.md"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(!flat.contains("R4.3"), "{file} dates it to R4.3");
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains("qrexec 4.2.19, in the Qubes R4.2 updates of May 2024"));
+}
+
+/// `connection` and `my.socket` are qube names: in the listening form they
+/// are the target, not systemd's default name (issue 15, item 6), while a
+/// socket unit's name that cannot be a qube (a template instance's `@`)
+/// still means `@default`, and so does `connection` for `Accept=yes`.
+#[test]
+fn qube_names_like_systemd_defaults_are_targets() {
+    let world = World::new();
+    let daemon = Activate::new(&world, applet("qrexec-connect-tcp"))
+        .listen(Listen::Tcp4, "connection")
+        .listen(Listen::Tcp4, "my.socket")
+        .listen(Listen::Unix, "qrexec-connect-tcp@22.socket")
+        .args(["22"])
+        .start();
+    daemon.address(0).poke();
+    let text = daemon.wait_stderr_count(" -> ", 3);
+    for (i, target) in ["connection", "my.socket", "@default"].iter().enumerate() {
+        let line = format!(
+            "{} -> {target} qubes.ConnectTCP+22",
+            daemon.address(i).shown()
+        );
+        assert!(text.contains(&line), "no {line:?} in:\n{text}");
+    }
+    assert!(
+        text.contains("socket ") && text.contains("calls the qube my.socket"),
+        "a name like a socket unit's is pointed out:\n{text}"
+    );
+
+    let accepted = Activate::new(&world, applet("qrexec-connect-tcp"))
+        .listen(Listen::Unix, "connection")
+        .args(["22", "--stdin-socket", "no"])
+        .accept()
+        .start();
+    accepted.address(0).poke();
+    let text = accepted.wait_stderr(" after ");
+    assert!(
+        text.contains(" -> @default qubes.ConnectTCP+22: "),
+        "{text}"
+    );
+}

@@ -855,3 +855,71 @@ fn remote_stderr_is_logged_escaped() {
     );
     assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
 }
+
+/// A lone `-` among the words for qrexec-client-vm is no option: its getopt
+/// would take it for the target (issue 15, item 9).
+#[test]
+fn lone_dash_for_qrexec_client_vm_is_refused() {
+    let not_an_option = "\"-\" is not an option for qrexec-client-vm";
+    check_all(&[
+        case("qrexec-connect-tcp", &["22", "--", "-"], 2, not_an_option),
+        case(
+            "qrexec-connect-tcp",
+            &["22", "--", "--buffer-size=65536", "-"],
+            2,
+            not_an_option,
+        ),
+        case(
+            "qrexec-connect",
+            &["--service", "qubes.ConnectTCP", "--", "-"],
+            2,
+            not_an_option,
+        ),
+    ]);
+}
+
+/// LISTEN_FDNAMES that is not even UTF-8 did not come from systemd, which
+/// passes only ASCII: refused, never taken for unset, which would have sent
+/// every connection to @default (issue 15, item 6).
+#[test]
+fn non_utf8_fd_names_are_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new("hostile");
+    let record = dir.path().join("runs");
+    let script = dir.path().join("qrexec-client-vm");
+    fs::write(
+        &script,
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", record.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("listener");
+    let listener = UnixListener::bind(&path).unwrap();
+    let listener_copy = listener.try_clone().unwrap();
+    let client = UnixStream::connect(&path).unwrap();
+    let wrapper = wrapper_start(dir.path())
+        + "exec 3<&0 </dev/null; LISTEN_PID=$$; export LISTEN_PID; exec \"$@\"";
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &wrapper, "sh", BIN, "qrexec-connect-tcp", "22"])
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .env("QREXEC_CLIENT_VM", &script)
+        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDNAMES", std::ffi::OsStr::from_bytes(b"w\xffrk"))
+        .stdin(Stdio::from(OwnedFd::from(listener)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = Running::start(cmd, dir.path());
+    let status = child.wait_deadline();
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "not refused");
+    let mut stderr = String::new();
+    let mut pipe = child.strace.stderr.take().unwrap();
+    pipe.read_to_string(&mut stderr).unwrap();
+    assert_eq!(
+        stderr,
+        "qrexec-connect-tcp: error: LISTEN_FDNAMES=\"w\\xFFrk\" is not ASCII: systemd passes \
+         only ASCII there (FileDescriptorName= in systemd.socket(5))\n"
+    );
+    assert!(fs::read_to_string(&record).is_err(), "qrexec-client-vm ran");
+    assert!(Waiting::Unix(listener_copy, client).still_waiting());
+}

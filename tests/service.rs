@@ -1226,3 +1226,84 @@ fn help_only_when_started_by_hand() {
         "port '' is not a number from 1 to 65535 without leading zeros",
     );
 }
+
+/// Installed as qrexec's file for one argument only
+/// (`/etc/qubes-rpc/qubes.ConnectUnix+agent`), the applet is the service
+/// before the `+`, and the call's argument must be the one after it
+/// (issue 15, item 7).
+#[test]
+fn per_argument_service_name_runs_its_applet_for_its_argument_only() {
+    let dir = TempDir::new("service");
+    fs::create_dir_all(dir.path().join(UNIX)).unwrap();
+    let path = dir.path().join(UNIX).join("agent");
+    drop(UnixListener::bind(&path).unwrap());
+    let pinned = "qubes.ConnectUnix+agent";
+    // The applet runs: it reaches the socket, which refuses.
+    let (status, stderr) = run_to_end(service_command(pinned, "agent", Some(dir.path())));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = assert_one_line(&stderr, UNIX);
+    assert!(line.contains("connection refused"), "{line}");
+    // Another argument under that name is refused before anything.
+    let (status, stderr) = run_to_end(service_command(pinned, "other", Some(dir.path())));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let line = assert_one_line(&stderr, UNIX);
+    assert!(
+        line.ends_with(
+            "started as qubes.ConnectUnix+agent for that argument only, \
+             but the call's argument is 'other'"
+        ),
+        "{line}"
+    );
+}
+
+/// Under a name that is no applet's, started by qrexec, the caller's
+/// argument (argv[1]) must not choose the applet (issue 15, item 7).
+#[test]
+fn unknown_service_name_never_takes_the_applet_from_the_argument() {
+    let dir = TempDir::new("service");
+    fs::create_dir_all(dir.path().join(UNIX)).unwrap();
+    for argument in [UNIX, TCP_BIND, "qrexec-connect-tcp", "--list"] {
+        let (status, stderr) =
+            run_to_end(service_command("qubes.Other", argument, Some(dir.path())));
+        assert_eq!(status.code(), Some(2), "{argument}: {stderr}");
+        assert!(
+            stderr.starts_with(
+                "qrexec-connect: started by qrexec as unknown name 'qubes.Other'; install it \
+                 under an applet's name (SERVICE or SERVICE+ARG); the applets are:\n"
+            ),
+            "{argument}: {stderr}"
+        );
+    }
+}
+
+/// The allow-list directory is trusted only when it is the user's and no
+/// one else may write to it: whoever adds a link there chooses what a
+/// caller reaches (issue 15, item 10).
+#[test]
+fn unix_directory_writable_by_others_or_not_ours_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("service");
+    let allow = dir.path().join(UNIX);
+    fs::create_dir_all(&allow).unwrap();
+    let target = dir.path().join("agent.sock");
+    let _listener = UnixListener::bind(&target).unwrap();
+    symlink(&target, allow.join("agent")).unwrap();
+    for mode in [0o777, 0o1777, 0o775, 0o757] {
+        fs::set_permissions(&allow, fs::Permissions::from_mode(mode)).unwrap();
+        let (status, stderr) = run_to_end(service_command(UNIX, "agent", Some(dir.path())));
+        assert_eq!(status.code(), Some(1), "{mode:o}: {stderr}");
+        let line = assert_one_line(&stderr, UNIX);
+        assert!(
+            line.contains(&format!("not following links in {}", allow.display()))
+                && line.contains(&format!("its mode {mode:04o} lets others add links")),
+            "{line}"
+        );
+    }
+    fs::set_permissions(&allow, fs::Permissions::from_mode(0o700)).unwrap();
+    // Another user's directory (tests run as root: uid 65534 is nobody).
+    std::os::unix::fs::chown(&allow, Some(65534), None).unwrap();
+    let (status, stderr) = run_to_end(service_command(UNIX, "agent", Some(dir.path())));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let line = assert_one_line(&stderr, UNIX);
+    assert!(line.contains("it belongs to uid 65534"), "{line}");
+}

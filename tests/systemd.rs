@@ -797,3 +797,46 @@ fn nfs_with_a_bind_address_per_client() {
     });
     drop(nfs);
 }
+
+/// A socket unit without FileDescriptorName= passes its own name, and the
+/// service named like it takes that for systemd's default (@default), read
+/// from its own cgroup: `gitweb.socket` would also be a valid qube name. A
+/// second socket of another name sent to the same service (`Service=`)
+/// without a name of its own is taken for the qube it names, with a
+/// warning (issue 15, item 6).
+#[test]
+fn own_socket_units_default_name_is_default() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let gitweb = Backend::start("gitweb");
+    lab.tcp_service("gitweb", "qubes.ConnectTCP+1234", gitweb.addr);
+    lab.policy(&format!(
+        "qubes.ConnectTCP +1234 {CLIENT} @default allow target=gitweb\n"
+    ));
+    let (a, b) = (loopback(), loopback());
+    m.write_user_unit(
+        "gitweb.socket",
+        &format!("[Socket]\nListenStream={a}:1234\n"),
+    );
+    m.write_user_unit(
+        "other.socket",
+        &format!("[Socket]\nListenStream={b}:1234\nService=gitweb.service\n"),
+    );
+    m.write_user_unit(
+        "gitweb.service",
+        "[Service]\nType=notify\nExecStart=/usr/local/bin/qrexec-connect-tcp 1234\n",
+    );
+    lab.reload();
+    m.systemctl_ok(&["start", "gitweb.socket", "other.socket"]);
+    assert_reaches(socket_addr(a, 1234), "gitweb");
+    let log = lab.log("gitweb.service");
+    assert!(
+        log.contains(&format!("{a}:1234 -> @default qubes.ConnectTCP+1234")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("{b}:1234 -> other.socket qubes.ConnectTCP+1234"))
+            && log.contains("calls the qube other.socket"),
+        "{log}"
+    );
+}

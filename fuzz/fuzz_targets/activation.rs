@@ -8,7 +8,8 @@ use qrexec_connect::activation::{self, MAX_FDS};
 const OUR_PID: u32 = 4242;
 
 /// A refusal is logged as one line: the input it quotes must not break it.
-fn one_line(e: &str) {
+fn one_line(e: &dyn std::fmt::Display) {
+    let e = e.to_string();
     assert!(!e.is_empty() && !e.chars().any(char::is_control), "{e:?}");
 }
 

@@ -16,7 +16,8 @@ fn call_for(service: &str, argument: &str) {
 }
 
 /// A refusal is logged as one line: the input it quotes must not break it.
-fn one_line(e: &str) {
+fn one_line(e: &dyn std::fmt::Display) {
+    let e = e.to_string();
     assert!(!e.is_empty() && !e.chars().any(char::is_control), "{e:?}");
 }
 

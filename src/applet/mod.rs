@@ -5,6 +5,35 @@ pub mod service;
 
 use crate::error::Result;
 
+/// Which applet: what its run does, chosen once from its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `qrexec-connect`: the call from each socket's name or `--service`.
+    Plain,
+    /// `qrexec-connect-tcp PORT`: `qubes.ConnectTCP+PORT`.
+    Tcp,
+    /// `qrexec-connect-tcp-bind PORT-BINDADDR`: `qubes.ConnectTCPBind+...`.
+    TcpBind,
+    /// `qrexec-connect-unix NAME`: `qubes.ConnectUnix+NAME`.
+    Unix,
+    /// The service `qubes.ConnectUnix+NAME`.
+    ConnectUnix,
+    /// The service `qubes.ConnectTCPBind+PORT-BINDADDR`.
+    ConnectTcpBind,
+    /// The service `qubes.ConnectNFS+BINDADDR`.
+    ConnectNfs,
+}
+
+impl Kind {
+    /// A service applet, run by qrexec-agent in the service qube.
+    pub fn is_service(self) -> bool {
+        matches!(
+            self,
+            Kind::ConnectUnix | Kind::ConnectTcpBind | Kind::ConnectNfs
+        )
+    }
+}
+
 /// What an applet is and how to run it.
 pub struct Applet {
     /// The name it is started under (a symlink to the binary, or argv[1]).
@@ -13,8 +42,20 @@ pub struct Applet {
     pub short: Option<&'static str>,
     /// One line for `--list`.
     pub about: &'static str,
+    pub kind: Kind,
+}
+
+impl Applet {
     /// Runs it with the arguments after its name; returns the exit status.
-    pub run: fn(name: &'static str, args: &[&str]) -> Result<u8>,
+    /// `pinned`: the call's argument, when a service applet was started
+    /// under the name `SERVICE+ARG` (a per-argument qrexec service file).
+    pub fn run(&'static self, pinned: Option<&str>, args: &[&str]) -> Result<u8> {
+        if self.kind.is_service() {
+            service::run(self, pinned, args)
+        } else {
+            client::run(self, args)
+        }
+    }
 }
 
 /// The name the binary is installed under; started by it, argv[1] may name an applet.
@@ -25,43 +66,43 @@ pub const APPLETS: &[Applet] = &[
         name: "qrexec-connect",
         short: None,
         about: "forward each socket to the call its FileDescriptorName (or --service) gives",
-        run: client::run,
+        kind: Kind::Plain,
     },
     Applet {
         name: "qrexec-connect-tcp",
         short: Some("tcp"),
         about: "forward each socket to qubes.ConnectTCP+PORT (client side)",
-        run: client::run,
+        kind: Kind::Tcp,
     },
     Applet {
         name: "qrexec-connect-tcp-bind",
         short: Some("tcp-bind"),
         about: "forward each socket to qubes.ConnectTCPBind+PORT-BINDADDR (client side)",
-        run: client::run,
+        kind: Kind::TcpBind,
     },
     Applet {
         name: "qrexec-connect-unix",
         short: Some("unix"),
         about: "forward each socket to qubes.ConnectUnix+NAME (client side)",
-        run: client::run,
+        kind: Kind::Unix,
     },
     Applet {
         name: "qubes.ConnectUnix",
         short: None,
         about: "qrexec service: relay the call to the socket $XDG_RUNTIME_DIR/qubes.ConnectUnix/NAME",
-        run: service::run,
+        kind: Kind::ConnectUnix,
     },
     Applet {
         name: "qubes.ConnectTCPBind",
         short: None,
         about: "qrexec service: relay the call to TCP 127.0.0.1:PORT from BINDADDR (PORT-BINDADDR)",
-        run: service::run,
+        kind: Kind::ConnectTcpBind,
     },
     Applet {
         name: "qubes.ConnectNFS",
         short: None,
         about: "qrexec service: relay the call to NFS, TCP 127.0.0.1:2049, from BINDADDR",
-        run: service::run,
+        kind: Kind::ConnectNfs,
     },
 ];
 
@@ -70,6 +111,21 @@ pub fn find(name: &str) -> Option<&'static Applet> {
     APPLETS
         .iter()
         .find(|a| a.name == name || a.short == Some(name))
+}
+
+/// The applet the binary's own name (argv[0]'s basename) selects, and the
+/// argument that name pins: qrexec runs `/etc/qubes-rpc/SERVICE+ARG`, where
+/// an admin installs it, for the call `SERVICE+ARG` only. `None` for the
+/// multi-call name, whose argv[1] selects.
+pub fn by_invoked_name(invoked: &str) -> Option<(&'static Applet, Option<&str>)> {
+    if let Some(applet) = find(invoked).filter(|a| a.name != MULTICALL) {
+        return Some((applet, None));
+    }
+    let (service, argument) = invoked.split_once('+')?;
+    APPLETS
+        .iter()
+        .find(|a| a.name == service && a.kind.is_service())
+        .map(|applet| (applet, Some(argument)))
 }
 
 /// The `--list` text: one applet per line.
@@ -101,6 +157,7 @@ mod tests {
         for (i, a) in APPLETS.iter().enumerate() {
             for b in &APPLETS[i + 1..] {
                 assert_ne!(a.name, b.name);
+                assert_ne!(a.kind, b.kind);
                 assert!(a.short.is_none() || a.short != b.short);
             }
         }
@@ -110,5 +167,34 @@ mod tests {
             "qrexec-connect-unix"
         );
         assert!(find("nope").is_none());
+    }
+
+    #[test]
+    fn invoked_names() {
+        let found = |name| by_invoked_name(name).map(|(a, pinned)| (a.kind, pinned));
+        assert_eq!(found("qrexec-connect-tcp"), Some((Kind::Tcp, None)));
+        assert_eq!(found("tcp"), Some((Kind::Tcp, None)));
+        assert_eq!(found("qubes.ConnectNFS"), Some((Kind::ConnectNfs, None)));
+        assert_eq!(
+            found("qubes.ConnectUnix+gpg-agent-ssh"),
+            Some((Kind::ConnectUnix, Some("gpg-agent-ssh")))
+        );
+        assert_eq!(
+            found("qubes.ConnectTCPBind+22-127.0.0.1"),
+            Some((Kind::ConnectTcpBind, Some("22-127.0.0.1")))
+        );
+        assert_eq!(
+            found("qubes.ConnectUnix+"),
+            Some((Kind::ConnectUnix, Some("")))
+        );
+        // argv[1] selects under these.
+        for name in [
+            "qrexec-connect",
+            "qrexec-connect-tcp+22",
+            "qubes.Other+x",
+            "+x",
+        ] {
+            assert_eq!(found(name), None, "{name}");
+        }
     }
 }

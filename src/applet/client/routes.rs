@@ -1,0 +1,113 @@
+//! Where each passed socket's connections go: its FileDescriptorName read
+//! against systemd's default names, and the applet's call.
+
+use log::{info, warn};
+
+use crate::activation::{self, Passed};
+use crate::call::{Call, FdName, SystemdDefault, Target};
+use crate::daemon::Listener;
+use crate::error::{Error, Result};
+
+/// What the passed sockets are: listeners, or the one connection systemd
+/// accepted for us (`Accept=yes`).
+pub(super) enum Sockets {
+    Listening(Vec<Listener>),
+    Accepted(Listener),
+}
+
+/// Routes every passed socket; refuses a connected one among several.
+pub(super) fn sockets(passed: Vec<Passed>, call: Option<&Call>) -> Result<Sockets> {
+    let routes = route(&passed, call, activation::own_socket_unit().as_deref())?;
+    if let Some(p) = passed.iter().find(|p| !p.listening)
+        && passed.len() > 1
+    {
+        return Err(Error::Unsupported(format!(
+            "{} is a connected socket among several: use Accept=yes units with one socket each",
+            p.addr
+        )));
+    }
+    let accepted = !passed[0].listening;
+    let mut listeners: Vec<Listener> = passed
+        .into_iter()
+        .zip(routes)
+        .map(|(p, (target, call))| Listener {
+            fd: p.fd,
+            addr: p.addr,
+            target,
+            call,
+        })
+        .collect();
+    if accepted {
+        let connection = listeners.pop().expect("one socket passed");
+        return Ok(Sockets::Accepted(connection));
+    }
+    Ok(Sockets::Listening(listeners))
+}
+
+/// Decides each socket's target and call from its name; refuses the first
+/// bad one, naming it and its address. `own_socket_unit`: see
+/// [`SystemdDefault`].
+fn route(
+    passed: &[Passed],
+    call: Option<&Call>,
+    own_socket_unit: Option<&str>,
+) -> Result<Vec<(Target, Call)>> {
+    let mut defaulted = false;
+    let mut unit_like = Vec::new();
+    let routes = passed
+        .iter()
+        .map(|p| {
+            let default = SystemdDefault {
+                accepted: !p.listening,
+                own_socket_unit,
+            };
+            let (parsed, route) = route_one(p, call, &default)?;
+            match parsed {
+                FdName::Unnamed => defaulted = true,
+                FdName::Target(_) if route.0.as_str().ends_with(".socket") => unit_like.push(p),
+                _ => {}
+            }
+            Ok(route)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if defaulted {
+        info!("sockets without a FileDescriptorName of their own call @default");
+    }
+    for p in unit_like {
+        warn!(
+            "socket {} calls the qube {}: a socket unit's own name is systemd's default \
+             FileDescriptorName, taken as @default only for the unit named like this service",
+            p.addr,
+            p.name.as_deref().unwrap_or("")
+        );
+    }
+    Ok(routes)
+}
+
+/// One socket's route, and what its name said.
+fn route_one(
+    p: &Passed,
+    call: Option<&Call>,
+    default: &SystemdDefault<'_>,
+) -> Result<(FdName, (Target, Call))> {
+    let bad = |why: String| {
+        let name = p.name.as_deref().unwrap_or("");
+        Error::Usage(format!(
+            "socket {} has a bad FileDescriptorName {name:?}: {why}",
+            p.addr
+        ))
+    };
+    let parsed =
+        FdName::parse_passed(p.name.as_deref(), default).map_err(|e| bad(e.to_string()))?;
+    let route = match (&parsed, call) {
+        (FdName::Full(target, call), _) => (target.clone(), call.clone()),
+        (FdName::Target(target), Some(call)) => (target.clone(), call.clone()),
+        (FdName::Unnamed, Some(call)) => (Target::default_target(), call.clone()),
+        (FdName::Target(_) | FdName::Unnamed, None) => {
+            return Err(bad(
+                "qrexec-connect needs 'TARGET SERVICE+ARG' here, or --service".into(),
+            ));
+        }
+    };
+    Ok((parsed, route))
+}
