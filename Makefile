@@ -19,6 +19,9 @@ QREXECDIR ?= /etc/qubes-rpc
 else
 QREXECDIR ?= $(PREFIX)/etc/qubes-rpc
 endif
+# ssh reads only its compiled-in /etc/ssh (Debian, Fedora), whatever PREFIX is;
+# an app qube resets /etc at boot, so `ssh QUBE.qube` wants a template install.
+SSHCONFIGDIR ?= /etc/ssh/ssh_config.d
 
 # What `make` builds; install never builds, so that `sudo make install` does
 # not run cargo as root.
@@ -32,6 +35,8 @@ SERVICE_LINKS := $(notdir $(wildcard links/qubes-rpc/*))
 # User units and drop-ins, relative to units/.
 UNITS := $(patsubst units/%,%,$(wildcard units/*.socket units/*.service units/*.d/*.conf))
 DROPIN_DIRS := $(patsubst units/%,%,$(wildcard units/*.d))
+# ssh_config drop-ins (`Host *.qube`), relative to ssh/.
+SSH_CONFIGS := $(notdir $(wildcard ssh/*.conf))
 
 .PHONY: all test demo bench install install-client install-service install-connectnfs install-binary uninstall
 all:
@@ -60,6 +65,12 @@ install-client: install-binary
 		chmod 0644 $(DESTDIR)$(USERUNITDIR)/$$unit.tmp && \
 		mv -f $(DESTDIR)$(USERUNITDIR)/$$unit.tmp $(DESTDIR)$(USERUNITDIR)/$$unit || exit 1; \
 	done
+	$(INSTALL) -d $(DESTDIR)$(SSHCONFIGDIR)
+	for conf in $(SSH_CONFIGS); do \
+		sed 's|@BINDIR@|$(BINDIR)|g' ssh/$$conf > $(DESTDIR)$(SSHCONFIGDIR)/$$conf.tmp && \
+		chmod 0644 $(DESTDIR)$(SSHCONFIGDIR)/$$conf.tmp && \
+		mv -f $(DESTDIR)$(SSHCONFIGDIR)/$$conf.tmp $(DESTDIR)$(SSHCONFIGDIR)/$$conf || exit 1; \
+	done
 
 # The predecessor's name for installing qubes.ConnectNFS (seed 001's README);
 # it installs the whole service side, qubes.ConnectNFS included.
@@ -76,6 +87,7 @@ uninstall:
 	for name in $(CLIENT_LINKS); do rm -f $(DESTDIR)$(BINDIR)/$$name; done
 	for name in $(SERVICE_LINKS); do rm -f $(DESTDIR)$(QREXECDIR)/$$name; done
 	for unit in $(UNITS); do rm -f $(DESTDIR)$(USERUNITDIR)/$$unit; done
+	for conf in $(SSH_CONFIGS); do rm -f $(DESTDIR)$(SSHCONFIGDIR)/$$conf; done
 	for dir in $(DROPIN_DIRS); do \
 		if [ -d $(DESTDIR)$(USERUNITDIR)/$$dir ]; then \
 			rmdir --ignore-fail-on-non-empty $(DESTDIR)$(USERUNITDIR)/$$dir; \

@@ -103,12 +103,20 @@ fn layout(prefix: &str, qrexec_dir: &str, client: bool, service: bool) -> BTreeM
             ));
         }
     }
+    if client {
+        dir("etc/ssh/ssh_config.d");
+    }
     if service {
         dir(qrexec_dir);
     }
     expected.insert(format!("{prefix}/bin/qrexec-connect"), "755".into());
     if client {
+        expected.insert(
+            "etc/ssh/ssh_config.d/30-qrexec-connect.conf".into(),
+            "644".into(),
+        );
         for name in [
+            "qrexec-connect-ssh-proxy",
             "qrexec-connect-tcp",
             "qrexec-connect-tcp-bind",
             "qrexec-connect-unix",
