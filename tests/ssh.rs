@@ -40,7 +40,7 @@ fn unavailable() -> Option<String> {
             "{SSHD} is missing (apt-get install openssh-server)"
         ))
     } else {
-        ["ssh", "scp", "ssh-keygen", "sha256sum"]
+        ["ssh", "scp", "ssh-keygen", "sha256sum", "git"]
             .into_iter()
             .find(|tool| {
                 Command::new("sh")
@@ -49,7 +49,7 @@ fn unavailable() -> Option<String> {
                     .status()
                     .map_or(true, |s| !s.success())
             })
-            .map(|tool| format!("{tool} is missing (apt-get install openssh-client coreutils)"))
+            .map(|tool| format!("{tool} is missing (apt-get install openssh-client coreutils git)"))
     }?;
     assert!(
         std::env::var("CI").as_deref() != Ok("true"),
@@ -529,4 +529,50 @@ fn installed_dropin_points_at_the_installed_applet() {
         [format!("proxycommand {proxy} %h %p")]
     );
     assert!(resolved("example.org").is_empty());
+}
+
+/// `git clone ssh://work.qube/PATH`: git runs ssh, which runs our ProxyCommand.
+#[test]
+fn git_clones_over_ssh() {
+    let Some(setup) = Setup::new() else { return };
+    let git = |dir: &Path, args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=test", "-c", "user.email=test@example.org"])
+            .args(args)
+            .env(
+                "GIT_SSH_COMMAND",
+                format!("ssh -F {}", setup.config.display()),
+            )
+            .envs(setup.world.env())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    let repo = setup.dir.path().join("repo");
+    fs::create_dir(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    fs::write(repo.join("file"), payload(100_000)).unwrap();
+    git(&repo, &["add", "file"]);
+    git(&repo, &["commit", "-q", "-m", "one"]);
+    // git-upload-pack runs as the ssh user, and git refuses a repository
+    // someone else owns.
+    let (uid, gid) = ssh_user();
+    let status = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let url = format!("ssh://work.qube{}", repo.display());
+    git(setup.dir.path(), &["clone", "-q", &url, "clone"]);
+    assert_eq!(
+        fs::read(setup.dir.path().join("clone/file")).unwrap(),
+        payload(100_000)
+    );
+    assert_calls(&setup, &setup.world.finished_calls(1));
 }
