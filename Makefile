@@ -22,6 +22,9 @@ QREXECDIR ?= /etc/qubes-rpc
 else
 QREXECDIR ?= $(PREFIX)/etc/qubes-rpc
 endif
+# ssh reads only its compiled-in /etc/ssh (Debian, Fedora), whatever PREFIX is;
+# an app qube resets /etc at boot, so `ssh QUBE.qube` wants a template install.
+SSHCONFIGDIR ?= /etc/ssh/ssh_config.d
 
 # What `make` builds; install never builds, so that `sudo make install` does
 # not run cargo as root.
@@ -38,6 +41,8 @@ DROPIN_DIRS := $(patsubst units/%,%,$(wildcard units/*.d))
 # mdoc(7) sources, which man(1) reads as they are: nothing to build.
 MANPAGES := $(wildcard man/*.[1-8])
 POLICY_EXAMPLES := $(wildcard policy-examples/*.policy)
+# ssh_config drop-ins (`Host *.qube`), relative to ssh/.
+SSH_CONFIGS := $(notdir $(wildcard ssh/*.conf))
 
 # Packages (`make deb rpm`): the version from Cargo.toml, the package
 # release from `rel` (both read by qubes-builder too), files reproducible
@@ -103,6 +108,12 @@ install-client: install-binary
 		chmod 0644 $(DESTDIR)$(USERUNITDIR)/$$unit.tmp && \
 		mv -f $(DESTDIR)$(USERUNITDIR)/$$unit.tmp $(DESTDIR)$(USERUNITDIR)/$$unit || exit 1; \
 	done
+	$(INSTALL) -d $(DESTDIR)$(SSHCONFIGDIR)
+	for conf in $(SSH_CONFIGS); do \
+		sed 's|@BINDIR@|$(BINDIR)|g' ssh/$$conf > $(DESTDIR)$(SSHCONFIGDIR)/$$conf.tmp && \
+		chmod 0644 $(DESTDIR)$(SSHCONFIGDIR)/$$conf.tmp && \
+		mv -f $(DESTDIR)$(SSHCONFIGDIR)/$$conf.tmp $(DESTDIR)$(SSHCONFIGDIR)/$$conf || exit 1; \
+	done
 
 # The predecessor's name for installing qubes.ConnectNFS (seed 001's README);
 # it installs the whole service side, qubes.ConnectNFS included.
@@ -122,6 +133,7 @@ uninstall:
 	for page in $(MANPAGES); do \
 		rm -f $(DESTDIR)$(MANDIR)/man$${page##*.}/$${page#man/}; \
 	done
+	for conf in $(SSH_CONFIGS); do rm -f $(DESTDIR)$(SSHCONFIGDIR)/$$conf; done
 	for dir in $(DROPIN_DIRS); do \
 		if [ -d $(DESTDIR)$(USERUNITDIR)/$$dir ]; then \
 			rmdir --ignore-fail-on-non-empty $(DESTDIR)$(USERUNITDIR)/$$dir; \

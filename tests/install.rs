@@ -70,6 +70,9 @@ fn layout(prefix: &str, qrexec_dir: &str, client: bool, service: bool) -> BTreeM
             ));
         }
     }
+    if client {
+        dir("etc/ssh/ssh_config.d");
+    }
     if service {
         dir(qrexec_dir);
     }
@@ -78,7 +81,12 @@ fn layout(prefix: &str, qrexec_dir: &str, client: bool, service: bool) -> BTreeM
         expected.insert(format!("{prefix}/share/man/{page}"), "644".into());
     }
     if client {
+        expected.insert(
+            "etc/ssh/ssh_config.d/30-qrexec-connect.conf".into(),
+            "644".into(),
+        );
         for name in [
+            "qrexec-connect-ssh-proxy",
             "qrexec-connect-tcp",
             "qrexec-connect-tcp-bind",
             "qrexec-connect-unix",

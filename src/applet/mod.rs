@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod service;
+pub mod ssh_proxy;
 
 use crate::error::Result;
 
@@ -85,6 +86,12 @@ pub const APPLETS: &[Applet] = &[
         short: Some("unix"),
         about: "forward each socket to qubes.ConnectUnix+NAME (client side)",
         kind: Kind::Unix,
+    },
+    Applet {
+        name: "qrexec-connect-ssh-proxy",
+        short: Some("ssh-proxy"),
+        about: "ssh's ProxyCommand for QUBE.qube: become qrexec-client-vm QUBE qubes.ConnectTCP+PORT",
+        run: ssh_proxy::run,
     },
     Applet {
         name: "qubes.ConnectUnix",
