@@ -17,7 +17,7 @@ use log::info;
 use crate::activation::{self, Passed};
 use crate::argument::{Port, SocketName, TcpBind};
 use crate::call::{Call, FdName, Target};
-use crate::daemon::{self, Listener, Options};
+use crate::daemon::{self, Accepted, Listener, Options};
 use crate::error::{Error, Result};
 use crate::notify::Notifier;
 use crate::qrexec::{self, StdinSocket};
@@ -235,9 +235,18 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
         )));
     }
     let accepted = !passed[0].listening;
-    let listeners: Vec<Listener> = passed
-        .into_iter()
-        .zip(routes)
+    let mut routed = passed.into_iter().zip(routes);
+    if accepted {
+        // Accept=yes: systemd accepted the connection and started us for it.
+        let (p, (target, call)) = routed.next().expect("one socket passed");
+        let connection = Accepted {
+            fd: p.fd,
+            target,
+            call,
+        };
+        return daemon::serve_one(connection, &client, &notifier);
+    }
+    let listeners: Vec<Listener> = routed
         .map(|(p, (target, call))| Listener {
             fd: p.fd,
             addr: p.addr,
@@ -245,11 +254,6 @@ pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
             call,
         })
         .collect();
-    if accepted {
-        // Accept=yes: systemd accepted the connection and started us for it.
-        let connection = listeners.into_iter().next().expect("one socket passed");
-        return daemon::serve_one(connection, &client, &notifier);
-    }
     daemon::run(
         listeners,
         client,

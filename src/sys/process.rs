@@ -6,6 +6,34 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::syscall;
 
+/// A process id (`pid_t`), as the kernel gives it: by `posix_spawn`,
+/// `waitpid`, `SO_PEERCRED` and `SCM_CREDENTIALS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pid(libc::pid_t);
+
+impl Pid {
+    pub const fn from_raw(pid: libc::pid_t) -> Self {
+        Pid(pid)
+    }
+
+    pub const fn as_raw(self) -> libc::pid_t {
+        self.0
+    }
+}
+
+/// std gives a child's id as a `u32` (`Child::id`); the kernel's pids fit an `i32`.
+impl From<u32> for Pid {
+    fn from(pid: u32) -> Self {
+        Pid(pid as libc::pid_t)
+    }
+}
+
+impl std::fmt::Display for Pid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// How a child ended, from `waitpid(2)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -15,23 +43,23 @@ pub enum Exit {
 
 /// `waitpid(-1, WNOHANG)`: reaps any one child that has ended, with its pid;
 /// `None` when none has (or there are no children).
-pub fn try_wait_any() -> io::Result<Option<(u32, Exit)>> {
+pub fn try_wait_any() -> io::Result<Option<(Pid, Exit)>> {
     let mut status = 0;
     // SAFETY: status is a writable int.
     match syscall!(waitpid(-1, &mut status, libc::WNOHANG)) {
         Ok(0) => Ok(None),
-        Ok(pid) => Ok(Some((pid as u32, decode_status(status)))),
+        Ok(pid) => Ok(Some((Pid(pid), decode_status(status)))),
         Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
 /// `waitpid(pid, 0)`: waits for the child to end and reaps it.
-pub fn wait(pid: u32) -> io::Result<Exit> {
+pub fn wait(pid: Pid) -> io::Result<Exit> {
     let mut status = 0;
     loop {
         // SAFETY: status is a writable int.
-        match syscall!(waitpid(pid as libc::pid_t, &mut status, 0)) {
+        match syscall!(waitpid(pid.0, &mut status, 0)) {
             Ok(_) => return Ok(decode_status(status)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -47,10 +75,10 @@ fn decode_status(status: i32) -> Exit {
     }
 }
 
-/// `kill(2)`.
-pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
+/// `kill(2)`. (`impl Into`: tests pass std's `u32` child ids.)
+pub fn kill(pid: impl Into<Pid>, signal: i32) -> io::Result<()> {
     // SAFETY: kill takes plain integers.
-    syscall!(kill(pid as libc::pid_t, signal)).map(drop)
+    syscall!(kill(pid.into().0, signal)).map(drop)
 }
 
 /// The write end of the self-pipe, for the signal handler.
