@@ -119,7 +119,6 @@ impl Context {
             "{peer} -> {} {}: qrexec-client-vm pid {pid}",
             route.target, route.call
         );
-        self.stderr.forget(pid);
         let started = Instant::now();
         self.connections.insert(
             pid,

@@ -78,8 +78,8 @@ impl std::fmt::Display for Peer {
 }
 
 /// One open connection, found in the table by its child's pid. The daemon
-/// holds no descriptor for it (see the module's documentation); the start of
-/// an unfinished stderr line waits with the stderr reader.
+/// holds no descriptor for it (see `daemon`); the start of an unfinished
+/// stderr line waits with the stderr reader.
 pub(super) struct Connection {
     pub(super) listener: u32,
     pub(super) peer: Peer,

@@ -105,20 +105,19 @@ pub(super) struct Shared {
 }
 
 impl Shared {
-    /// The budget for a write at `now`, and what the window it ends left
-    /// unlogged (to be reported) when it starts a new one.
-    pub(super) fn at(&mut self, now: Instant) -> (&mut Budget, u32) {
-        let mut ended = 0;
-        if self.since.is_none_or(|since| now >= since + SHARED_WINDOW) {
-            ended = self.take_unlogged();
-            self.since = Some(now);
-        }
-        (&mut self.budget, ended)
+    /// Whether a write at `now` needs a new window (`start`).
+    pub(super) fn expired(&self, now: Instant) -> bool {
+        self.since.is_none_or(|since| now >= since + SHARED_WINDOW)
     }
 
-    /// What the current window left unlogged; the window is spent.
-    pub(super) fn take_unlogged(&mut self) -> u32 {
-        std::mem::take(&mut self.budget).unlogged()
+    /// A new window from `now`, with the whole budget.
+    pub(super) fn start(&mut self, now: Instant) {
+        self.since = Some(now);
+        self.budget = Budget::default();
+    }
+
+    pub(super) fn budget(&mut self) -> &mut Budget {
+        &mut self.budget
     }
 }
 
@@ -191,17 +190,17 @@ mod tests {
         let mut partial = Vec::new();
         let mut count = 0;
         let flood = b"a\n".repeat(1000);
-        let (budget, ended) = shared.at(start);
-        assert_eq!(ended, 0);
-        assemble(budget, &mut partial, &flood, &mut |_| count += 1);
-        let (budget, ended) = shared.at(start + SHARED_WINDOW / 2);
-        assert_eq!(ended, 0, "the same window");
-        assemble(budget, &mut partial, &flood, &mut |_| count += 1);
+        assert!(shared.expired(start), "no window yet");
+        shared.start(start);
+        assemble(shared.budget(), &mut partial, &flood, &mut |_| count += 1);
+        assert!(!shared.expired(start + SHARED_WINDOW / 2));
+        assemble(shared.budget(), &mut partial, &flood, &mut |_| count += 1);
         assert_eq!(count, MAX_LINES);
-        let (budget, ended) = shared.at(start + SHARED_WINDOW);
-        assert_eq!(ended, 4000 - 2 * u32::from(MAX_LINES));
-        assemble(budget, &mut partial, b"b\n", &mut |_| count += 1);
+        assert_eq!(shared.budget().unlogged(), 4000 - 2 * u32::from(MAX_LINES));
+        assert!(shared.expired(start + SHARED_WINDOW));
+        shared.start(start + SHARED_WINDOW);
+        assemble(shared.budget(), &mut partial, b"b\n", &mut |_| count += 1);
         assert_eq!(count, MAX_LINES + 1);
-        assert_eq!(shared.take_unlogged(), 0);
+        assert_eq!(shared.budget().unlogged(), 0);
     }
 }

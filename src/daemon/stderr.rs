@@ -29,12 +29,15 @@ pub(super) struct SharedStderr {
     token: Token,
     /// There is more to read than the last turn of the loop read.
     pub(super) pending: bool,
-    /// The start of each writer's unfinished line (rare: most writers write
-    /// whole lines), by pid; `None` when the kernel named no process.
-    partials: HashMap<Option<Pid>, Vec<u8>>,
-    /// The budget of writers that are no connection's child.
-    others: Shared,
+    /// The start of each connection's unfinished line, by its child's pid
+    /// (rare: most writers write whole lines).
+    partials: Partials,
+    /// Writers that are no connection's child.
+    others: Others,
 }
+
+/// Unfinished lines by writer; `None` when the kernel named no process.
+type Partials = HashMap<Option<Pid>, Vec<u8>>;
 
 /// What one read of the shared stderr gave.
 pub(super) enum Read {
@@ -53,8 +56,8 @@ impl SharedStderr {
             theirs,
             token,
             pending: false,
-            partials: HashMap::new(),
-            others: Shared::default(),
+            partials: Partials::new(),
+            others: Others::default(),
         })
     }
 
@@ -124,44 +127,58 @@ impl SharedStderr {
         self.partials.remove(&Some(pid)).unwrap_or_default()
     }
 
-    /// Lines from a writer that is no connection's child, within the budget
-    /// they share.
+    /// Lines from a writer that is no connection's child.
     pub(super) fn by_other(&mut self, pid: Option<Pid>, bytes: &[u8]) {
-        let (budget, unlogged) = self.others.at(Instant::now());
-        log_unlogged_by_others(unlogged);
-        assemble(&mut self.partials, pid, budget, bytes, &mut |line| {
-            other_line(pid, line)
-        });
+        self.others.write(pid, bytes);
     }
 
-    /// A new child has `pid`: an unfinished line left by an earlier process
-    /// of that pid is not its.
-    pub(super) fn forget(&mut self, pid: Pid) {
-        if !self.partials.is_empty()
-            && let Some(mut partial) = self.partials.remove(&Some(pid))
-        {
-            let (budget, _) = self.others.at(Instant::now());
-            lines::finish(budget, &mut partial, &mut |line| {
-                other_line(Some(pid), line)
-            });
-        }
-    }
-
-    /// The daemon exits: the unfinished lines of other writers, and what
-    /// they wrote that was not logged.
+    /// The daemon exits: what other writers left.
     pub(super) fn close(&mut self) {
+        self.others.close();
+    }
+}
+
+/// The writers that are no connection's child: one budget for them all, a
+/// window at a time (see `lines::Shared`).
+#[derive(Default)]
+struct Others {
+    shared: Shared,
+    /// Kept apart from the connections': a window's end takes them all.
+    partials: Partials,
+}
+
+impl Others {
+    fn write(&mut self, pid: Option<Pid>, bytes: &[u8]) {
         let now = Instant::now();
-        for (pid, mut partial) in std::mem::take(&mut self.partials) {
-            let (budget, _) = self.others.at(now);
+        if self.shared.expired(now) {
+            self.close();
+            self.shared.start(now);
+        }
+        assemble(
+            &mut self.partials,
+            pid,
+            self.shared.budget(),
+            bytes,
+            &mut |line| other_line(pid, line),
+        );
+    }
+
+    /// The window ends: the unfinished lines, then what was not logged.
+    fn close(&mut self) {
+        let budget = self.shared.budget();
+        for (pid, mut partial) in self.partials.drain() {
             lines::finish(budget, &mut partial, &mut |line| other_line(pid, line));
         }
-        log_unlogged_by_others(self.others.take_unlogged());
+        let unlogged = budget.unlogged();
+        if unlogged > 0 {
+            warn!("{unlogged} more bytes from other processes on the children's stderr not logged");
+        }
     }
 }
 
 /// `lines::assemble` after the unfinished line of `pid` in `partials`.
 fn assemble(
-    partials: &mut HashMap<Option<Pid>, Vec<u8>>,
+    partials: &mut Partials,
     pid: Option<Pid>,
     budget: &mut Budget,
     bytes: &[u8],
@@ -186,12 +203,6 @@ fn other_line(pid: Option<Pid>, line: &str) {
             "an unknown process on the children's stderr: {}",
             printable(line)
         ),
-    }
-}
-
-fn log_unlogged_by_others(unlogged: u32) {
-    if unlogged > 0 {
-        warn!("{unlogged} more bytes from other processes on the children's stderr not logged");
     }
 }
 
