@@ -126,3 +126,107 @@ pub(super) fn ended(
         ),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::process::Exit;
+    use std::sync::Mutex;
+
+    /// Every record of target "connection": its message and its fields.
+    type Lines = Vec<(String, Vec<(String, String)>)>;
+
+    struct Capture(Mutex<Lines>);
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+            true
+        }
+
+        fn log(&self, record: &log::Record<'_>) {
+            struct Fields(Vec<(String, String)>);
+            impl<'kvs> log::kv::VisitSource<'kvs> for Fields {
+                fn visit_pair(
+                    &mut self,
+                    key: log::kv::Key<'kvs>,
+                    value: log::kv::Value<'kvs>,
+                ) -> Result<(), log::kv::Error> {
+                    self.0.push((key.to_string(), value.to_string()));
+                    Ok(())
+                }
+            }
+            if record.target() == "connection" {
+                let mut fields = Fields(Vec::new());
+                record.key_values().visit(&mut fields).unwrap();
+                let line = (record.args().to_string(), fields.0);
+                self.0.lock().unwrap().push(line);
+            }
+        }
+
+        fn flush(&self) {}
+    }
+
+    static CAPTURE: Capture = Capture(Mutex::new(Vec::new()));
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The journal fields of each line are those the `log!` calls in the
+    /// daemon gave it before they were brought together in `emit`.
+    #[test]
+    fn lines_carry_their_journal_fields() {
+        log::set_logger(&CAPTURE).expect("the only logger of the unit tests");
+        log::set_max_level(log::LevelFilter::Debug);
+        let target = Target::parse("work").unwrap();
+        let call = Call::parse("qubes.ConnectTCP+22").unwrap();
+        let route = Route {
+            target: &target,
+            call: &call,
+        };
+        let peer = Peer::Unknown;
+        let mut budget = Budget::default();
+        let mut partial = Vec::new();
+        lines::assemble(&mut budget, &mut partial, &[b'x'; 70_000], &mut |_| {});
+        let outcome = Outcome {
+            exit: Exit::Code(126),
+            target: &target,
+        };
+        ended(
+            route,
+            &peer,
+            &mut budget,
+            &mut partial,
+            &outcome,
+            Instant::now(),
+        );
+        let lines = std::mem::take(&mut *CAPTURE.0.lock().unwrap());
+        let route_fields = pairs(&[
+            ("QREXEC_TARGET", "work"),
+            ("QREXEC_CALL", "qubes.ConnectTCP+22"),
+        ]);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(
+            lines[0],
+            (
+                "unknown peer -> work qubes.ConnectTCP+22: 4464 more bytes of stderr not logged"
+                    .to_owned(),
+                route_fields
+            )
+        );
+        assert!(lines[1].0.starts_with(
+            "unknown peer -> work qubes.ConnectTCP+22: refused by policy, or work does not exist or cannot start (status 126) after 0."
+        ));
+        let end_fields = pairs(&[
+            ("QREXEC_TARGET", "work"),
+            ("QREXEC_CALL", "qubes.ConnectTCP+22"),
+            ("QREXEC_SERVICE", "qubes.ConnectTCP"),
+            ("QREXEC_ARGUMENT", "22"),
+            ("QREXEC_PEER", "unknown peer"),
+            ("QREXEC_STATUS", "126"),
+        ]);
+        assert_eq!(lines[1].1, end_fields);
+    }
+}
