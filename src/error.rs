@@ -103,10 +103,6 @@ impl<T> IoContext<T> for io::Result<T> {
     }
 }
 
-// The old name, for src/daemon.rs, src/relay.rs and src/sys/ until their
-// branches are merged: the lead removes this line at the merge.
-pub use IoContext as Context;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 
 use crate::call::{Call, Target};
 use crate::error::ParseError;
-use crate::sys::process::{Exit, signal_name};
+use crate::sys::process::{Exit, Pid, signal_name};
 use crate::sys::spawn::Program;
 
 /// Where qrexec-client-vm is installed in every Qubes VM.
@@ -58,7 +58,7 @@ pub struct Client {
 
 /// A running qrexec-client-vm: its pid and the read end of its stderr.
 pub struct Spawned {
-    pub pid: u32,
+    pub pid: Pid,
     pub stderr: OwnedFd,
 }
 
@@ -98,7 +98,7 @@ impl Client {
 /// Starts `program` with `connection` as its stdin and stdout and `stderr`
 /// as its stderr; returns its pid. Our copy of the connection is closed on
 /// return: the child holds the only one.
-pub fn spawn(program: &Program, connection: OwnedFd, stderr: BorrowedFd<'_>) -> io::Result<u32> {
+pub fn spawn(program: &Program, connection: OwnedFd, stderr: BorrowedFd<'_>) -> io::Result<Pid> {
     program.spawn(connection.as_fd(), stderr)
 }
 

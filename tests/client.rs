@@ -8,8 +8,8 @@ use std::io::{ErrorKind, Read, Write};
 use std::time::Duration;
 
 use common::{
-    Activate, Conn, Listen, Program, World, echo_daemon, echo_world, tcp_applet, wait_until,
-    work_world,
+    Activate, Conn, Listen, Program, World, echo_daemon, echo_world, standin, tcp_applet,
+    wait_until, work_world,
 };
 
 /// Reads one byte, or None when nothing arrives within `wait`.
@@ -698,4 +698,110 @@ fn a_child_that_shuts_the_shared_stderr_does_not_silence_the_next() {
         text.contains("-> work qubes.ConnectTCP+1234: said by client\n"),
         "{text}"
     );
+}
+
+/// The Accept=yes form reads its child's stderr from a pipe of its own, with
+/// the daemon's limits: a flood of short lines is 100 lines and a count.
+#[test]
+fn accepted_connection_stderr_has_the_daemons_limits() {
+    let world = echo_world();
+    world
+        .qube("work")
+        .service("qubes.ConnectTCP", "yes a | head -c 1000000 >&2; exec cat");
+    let daemon = Activate::new(&world, tcp_applet())
+        .listen(Listen::Tcp4, "work")
+        .args(["1234"])
+        .accept()
+        .start();
+    assert_eq!(daemon.connect(0).exchange(b"accepted"), b"accepted");
+    let text = daemon.wait_stderr(": done after ");
+    assert_eq!(
+        text.matches("-> work qubes.ConnectTCP+1234: a\n").count(),
+        100,
+        "{}",
+        &text[text.len().saturating_sub(2000)..]
+    );
+    assert!(
+        text.contains("-> work qubes.ConnectTCP+1234: 999800 more bytes of stderr not logged\n"),
+        "{}",
+        &text[text.len().saturating_sub(2000)..]
+    );
+}
+
+/// 64 KiB of one-byte lines would be 32,768 journal entries per connection:
+/// twenty such connections would pass journald's rate limit (10,000 per
+/// 30 s per unit), and it would drop the unit's other lines. Each logs 100.
+#[test]
+fn a_flood_of_short_lines_is_capped_in_lines() {
+    let world = World::new();
+    world
+        .qube("work")
+        .service("qubes.ConnectTCP", "yes a | head -c 65536 >&2; exec cat");
+    world.policy("qubes.ConnectTCP * client work allow\n");
+    let daemon = echo_daemon(&world, &[]);
+    let conns: Vec<Conn> = (0..20).map(|_| daemon.connect(0)).collect();
+    for mut conn in conns {
+        assert_eq!(conn.exchange(b"x"), b"x");
+    }
+    let text = daemon.wait_stderr_count(": done after ", 20);
+    let tail = &text[text.len().saturating_sub(2000)..];
+    assert_eq!(
+        text.matches("-> work qubes.ConnectTCP+1234: a\n").count(),
+        20 * 100,
+        "{tail}"
+    );
+    assert_eq!(
+        text.matches(": 65336 more bytes of stderr not logged\n")
+            .count(),
+        20,
+        "{tail}"
+    );
+}
+
+/// A process that is not the daemon's child (here a wrapper's) writes to
+/// the shared stderr: its lines are whole, and all such writers share one
+/// budget of 100 lines (a window of 30 s), the rest counted by the exit.
+#[test]
+fn other_writers_on_the_shared_stderr_share_one_budget() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let world = echo_world();
+    let wrapper = world.root().join("bin/wrapped-qrexec-client-vm");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             (printf 'first half, ' >&2; sleep 0.2; echo 'second half' >&2)\n\
+             yes a | head -n 10000 >&2\n\
+             exec '{}' \"$@\"\n",
+            standin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut daemon = Activate::new(&world, tcp_applet())
+        .listen(Listen::Tcp4, "work")
+        .args(["1234", "--stdin-socket=no"])
+        .env("QREXEC_CLIENT_VM", &wrapper)
+        .start();
+    assert_eq!(daemon.connect(0).exchange(b"x"), b"x");
+    daemon.wait_stderr(": done after ");
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit().code(), Some(0));
+    let text = daemon.stderr();
+    let tail = &text[text.len().saturating_sub(2000)..];
+    assert!(
+        text.contains(" on the children's stderr: first half, second half\n"),
+        "{tail}"
+    );
+    // 100 lines a window: a second window only on a machine that took 30 s.
+    let lines = text.matches(" on the children's stderr: a\n").count() + 1;
+    assert!((100..=200).contains(&lines), "{lines} lines: {tail}");
+    if lines == 100 {
+        assert!(
+            text.contains(
+                ": 19802 more bytes from other processes on the children's stderr not logged\n"
+            ),
+            "{tail}"
+        );
+    }
 }

@@ -17,6 +17,9 @@ pub enum Kind {
     TcpBind,
     /// `qrexec-connect-unix NAME`: `qubes.ConnectUnix+NAME`.
     Unix,
+    /// `qrexec-connect-ssh-proxy HOST PORT`: ssh's ProxyCommand, becomes
+    /// `qrexec-client-vm QUBE qubes.ConnectTCP+PORT`.
+    SshProxy,
     /// The service `qubes.ConnectUnix+NAME`.
     ConnectUnix,
     /// The service `qubes.ConnectTCPBind+PORT-BINDADDR`.
@@ -51,10 +54,12 @@ impl Applet {
     /// `pinned`: the call's argument, when a service applet was started
     /// under the name `SERVICE+ARG` (a per-argument qrexec service file).
     pub fn run(&'static self, pinned: Option<&str>, args: &[&str]) -> Result<u8> {
-        if self.kind.is_service() {
-            service::run(self, pinned, args)
-        } else {
-            client::run(self, args)
+        match self.kind {
+            Kind::ConnectUnix | Kind::ConnectTcpBind | Kind::ConnectNfs => {
+                service::run(self, pinned, args)
+            }
+            Kind::SshProxy => ssh_proxy::run(self, args),
+            Kind::Plain | Kind::Tcp | Kind::TcpBind | Kind::Unix => client::run(self, args),
         }
     }
 }
@@ -91,7 +96,7 @@ pub const APPLETS: &[Applet] = &[
         name: "qrexec-connect-ssh-proxy",
         short: Some("ssh-proxy"),
         about: "ssh's ProxyCommand for QUBE.qube: become qrexec-client-vm QUBE qubes.ConnectTCP+PORT",
-        run: ssh_proxy::run,
+        kind: Kind::SshProxy,
     },
     Applet {
         name: "qubes.ConnectUnix",

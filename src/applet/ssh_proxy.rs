@@ -56,14 +56,15 @@ pub fn target(host: &str) -> std::result::Result<Target, String> {
 /// The target and call for `HOST PORT`, checked as the daemon checks its own.
 pub fn route(host: &str, port: &str) -> std::result::Result<(Target, Call), String> {
     let target = target(host)?;
-    let port = Port::parse(port)?;
-    Ok((target, Call::new(SERVICE, Some(&port.to_string()))?))
+    let port = Port::parse(port).map_err(|e| e.to_string())?;
+    let call = Call::new(SERVICE, Some(&port.to_string())).map_err(|e| e.to_string())?;
+    Ok((target, call))
 }
 
 /// Runs the applet: checks its arguments, then execs qrexec-client-vm; it
 /// returns only if that exec fails.
-pub fn run(name: &'static str, raw: &[&str]) -> Result<u8> {
-    let args: Args = match super::parse_args(name, raw) {
+pub fn run(applet: &'static super::Applet, raw: &[&str]) -> Result<u8> {
+    let args: Args = match super::parse_args(applet.name, raw) {
         Ok(args) => args,
         Err((help, 0)) => {
             print!("{help}");

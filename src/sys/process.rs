@@ -1,10 +1,34 @@
-//! Process calls: child exit notification (pidfd), reaping, signals.
+//! Process calls: reaping children, signals and their self-pipe.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::syscall;
+
+/// A process id (`pid_t`), as the kernel gives it: by `posix_spawn`,
+/// `waitpid`, `SO_PEERCRED` and `SCM_CREDENTIALS`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pid(libc::pid_t);
+
+impl Pid {
+    pub const fn from_raw(pid: libc::pid_t) -> Self {
+        Pid(pid)
+    }
+}
+
+/// std gives a child's id as a `u32` (`Child::id`); the kernel's pids fit an `i32`.
+impl From<u32> for Pid {
+    fn from(pid: u32) -> Self {
+        Pid(pid as libc::pid_t)
+    }
+}
+
+impl std::fmt::Display for Pid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// How a child ended, from `waitpid(2)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,23 +39,23 @@ pub enum Exit {
 
 /// `waitpid(-1, WNOHANG)`: reaps any one child that has ended, with its pid;
 /// `None` when none has (or there are no children).
-pub fn try_wait_any() -> io::Result<Option<(u32, Exit)>> {
+pub fn try_wait_any() -> io::Result<Option<(Pid, Exit)>> {
     let mut status = 0;
     // SAFETY: status is a writable int.
     match syscall!(waitpid(-1, &mut status, libc::WNOHANG)) {
         Ok(0) => Ok(None),
-        Ok(pid) => Ok(Some((pid as u32, decode_status(status)))),
+        Ok(pid) => Ok(Some((Pid(pid), decode_status(status)))),
         Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
 /// `waitpid(pid, 0)`: waits for the child to end and reaps it.
-pub fn wait(pid: u32) -> io::Result<Exit> {
+pub fn wait(pid: Pid) -> io::Result<Exit> {
     let mut status = 0;
     loop {
         // SAFETY: status is a writable int.
-        match syscall!(waitpid(pid as libc::pid_t, &mut status, 0)) {
+        match syscall!(waitpid(pid.0, &mut status, 0)) {
             Ok(_) => return Ok(decode_status(status)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
@@ -48,9 +72,9 @@ fn decode_status(status: i32) -> Exit {
 }
 
 /// `kill(2)`.
-pub fn kill(pid: u32, signal: i32) -> io::Result<()> {
+pub fn kill(pid: Pid, signal: i32) -> io::Result<()> {
     // SAFETY: kill takes plain integers.
-    syscall!(kill(pid as libc::pid_t, signal)).map(drop)
+    syscall!(kill(pid.0, signal)).map(drop)
 }
 
 /// The write end of the self-pipe, for the signal handler.

@@ -7,6 +7,7 @@ use std::mem::{MaybeUninit, size_of};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+use super::process::Pid;
 use super::syscall;
 
 /// A socket address of any family we serve, for logs and messages.
@@ -161,7 +162,7 @@ pub fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, SockAddr)> {
 /// The process at the other end of a Unix socket (`SO_PEERCRED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerCred {
-    pub pid: i32,
+    pub pid: Pid,
     pub uid: u32,
 }
 
@@ -196,7 +197,7 @@ pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
         &mut len
     ))?;
     Ok(PeerCred {
-        pid: cred.pid,
+        pid: Pid::from_raw(cred.pid),
         uid: cred.uid,
     })
 }
@@ -236,7 +237,7 @@ pub fn stderr_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// `SO_PASSCRED` set, a Unix stream socket never joins the writes of two
 /// processes in one read (unix(7), `SCM_CREDENTIALS`), so the pid holds for
 /// every byte returned.
-pub fn recv_from_process(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
+pub fn recv_from_process(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<Pid>)> {
     // Room for one control message holding a ucred, aligned for cmsghdr.
     let mut control = [0u64; 8];
     let mut iov = libc::iovec {
@@ -265,7 +266,7 @@ pub fn recv_from_process(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usiz
             match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
                 (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) if len >= size_of::<libc::ucred>() => {
                     let cred: libc::ucred = std::ptr::read_unaligned(data.cast());
-                    pid = Some(cred.pid);
+                    pid = Some(Pid::from_raw(cred.pid));
                 }
                 // Nobody should send us descriptors on a stderr; whoever
                 // does must not make us keep them.
@@ -430,7 +431,7 @@ mod tests {
         let (accepted, peer) = accept(unix.as_fd()).unwrap();
         assert_eq!(peer, SockAddr::UnixUnnamed);
         let cred = peer_cred(accepted.as_fd()).unwrap();
-        assert_eq!(cred.pid, std::process::id() as i32);
+        assert_eq!(cred.pid, Pid::from(std::process::id()));
         assert!(!socket_info(client.as_fd()).unwrap().listening);
         std::fs::remove_dir_all(&dir).unwrap();
     }

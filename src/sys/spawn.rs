@@ -14,6 +14,8 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use super::process::Pid;
+
 unsafe extern "C" {
     /// The process's environment, as execve(2) takes it.
     static environ: *const *mut libc::c_char;
@@ -64,7 +66,7 @@ impl Program {
     /// Both descriptors must be above 2 (`InvalidInput` otherwise): a dup2
     /// onto fd 0 or 1 would replace one still to be copied. Ours always are,
     /// since std opens fds 0 to 2 (on /dev/null if need be) before `main`.
-    pub fn spawn(&self, stdio: BorrowedFd<'_>, stderr: BorrowedFd<'_>) -> io::Result<u32> {
+    pub fn spawn(&self, stdio: BorrowedFd<'_>, stderr: BorrowedFd<'_>) -> io::Result<Pid> {
         let mut actions = MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
         let mut attr = MaybeUninit::<libc::posix_spawnattr_t>::uninit();
         // SAFETY: each object is initialized by its _init function before
@@ -92,7 +94,7 @@ impl Program {
         attr: *mut libc::posix_spawnattr_t,
         stdio: BorrowedFd<'_>,
         stderr: BorrowedFd<'_>,
-    ) -> io::Result<u32> {
+    ) -> io::Result<Pid> {
         let (stdio, stderr) = (stdio.as_raw_fd(), stderr.as_raw_fd());
         if stdio <= 2 || stderr <= 2 {
             return Err(io::Error::new(
@@ -133,7 +135,7 @@ impl Program {
                 self.argv.as_ptr(),
                 environ,
             ))?;
-            Ok(pid as u32)
+            Ok(Pid::from_raw(pid))
         }
     }
 }
@@ -163,7 +165,7 @@ mod tests {
 
     /// Runs `program` on one end of a socketpair; returns our end, the
     /// stderr read end and the pid.
-    fn start(program: &Program) -> (UnixStream, std::fs::File, u32) {
+    fn start(program: &Program) -> (UnixStream, std::fs::File, Pid) {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let (stderr, child_stderr) = crate::sys::pipe().unwrap();
         let pid = program.spawn(theirs.as_fd(), child_stderr.as_fd()).unwrap();

@@ -5,14 +5,14 @@ use log::{info, warn};
 
 use crate::activation::{self, Passed};
 use crate::call::{Call, FdName, SystemdDefault, Target};
-use crate::daemon::Listener;
+use crate::daemon::{Accepted, Listener};
 use crate::error::{Error, Result};
 
 /// What the passed sockets are: listeners, or the one connection systemd
 /// accepted for us (`Accept=yes`).
 pub(super) enum Sockets {
     Listening(Vec<Listener>),
-    Accepted(Listener),
+    Accepted(Accepted),
 }
 
 /// Routes every passed socket; refuses a connected one among several.
@@ -26,10 +26,18 @@ pub(super) fn sockets(passed: Vec<Passed>, call: Option<&Call>) -> Result<Socket
             p.addr
         )));
     }
-    let accepted = !passed[0].listening;
-    let mut listeners: Vec<Listener> = passed
-        .into_iter()
-        .zip(routes)
+    let passed_listening = passed[0].listening;
+    let mut routed = passed.into_iter().zip(routes);
+    if !passed_listening {
+        // Accept=yes: systemd accepted the connection and started us for it.
+        let (p, (target, call)) = routed.next().expect("one socket passed");
+        return Ok(Sockets::Accepted(Accepted {
+            fd: p.fd,
+            target,
+            call,
+        }));
+    }
+    let listeners: Vec<Listener> = routed
         .map(|(p, (target, call))| Listener {
             fd: p.fd,
             addr: p.addr,
@@ -37,10 +45,6 @@ pub(super) fn sockets(passed: Vec<Passed>, call: Option<&Call>) -> Result<Socket
             call,
         })
         .collect();
-    if accepted {
-        let connection = listeners.pop().expect("one socket passed");
-        return Ok(Sockets::Accepted(connection));
-    }
     Ok(Sockets::Listening(listeners))
 }
 

@@ -1,0 +1,299 @@
+//! The client-side event loop: accept on every passed socket, hand each
+//! connection to its own qrexec-client-vm, log how it ended.
+//!
+//! One `mio::Poll` in one thread watches the listeners, the children's
+//! stderr, and a self-pipe for SIGCHLD (children are reaped with a
+//! non-blocking `waitpid` loop) and SIGTERM/SIGINT/SIGHUP/SIGPIPE.
+//!
+//! The daemon holds no descriptor per open connection. The accepted socket
+//! is the child's stdin and stdout, and the daemon's copy is closed as soon
+//! as the child runs. Every child's stderr is the same Unix stream socket,
+//! whose reads say which process wrote (`SO_PASSCRED`): a pipe per child
+//! would be one more descriptor for each spawn to copy (the kernel takes a
+//! reference to every open file of the parent at each `clone`): 7% of the
+//! daemon's time at 64 connections at once (`dup_fd` under perf).
+//!
+//! Here: the loop, its tokens and signals. `accept`: accepting and starting
+//! children; `connection` and `table`: a connection's life and the table of
+//! open ones by pid; `stderr` and `lines`: the children's stderr as log
+//! lines; `report`: a connection's log lines; `lifecycle`: draining, idle
+//! exit and back-off; `status`: STATUS= and its counters; `accepted`:
+//! Accept=yes.
+
+mod accept;
+mod accepted;
+mod connection;
+mod lifecycle;
+mod lines;
+mod report;
+mod status;
+mod stderr;
+mod table;
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+pub use accepted::{Accepted, serve_one};
+
+use crate::call::{Call, Target};
+use crate::error::{IoContext as _, Result};
+use crate::notify::Notifier;
+use crate::qrexec::Client;
+use crate::sys::process::{Exit, Pid, SignalPipe, signal_name};
+use crate::sys::socket::SockAddr;
+use crate::sys::spawn::Program;
+use connection::Connection;
+use lifecycle::{Backoff, Lifecycle, Step};
+use report::Route;
+use status::{Counters, Status};
+use stderr::SharedStderr;
+use table::Table;
+
+/// Listener `i` has token `i`.
+const SIGNALS: Token = Token(usize::MAX - 1);
+const STDERR: Token = Token(usize::MAX - 2);
+/// Reads of the children's stderr per turn of the loop: a child that writes
+/// without pause must not keep the loop from accepting.
+const STDERR_READS: usize = 64;
+/// Signals read at once from the self-pipe.
+const SIGNAL_BATCH: usize = 64;
+
+/// What the command line decided.
+#[derive(Debug)]
+pub struct Options {
+    pub max_connections: usize,
+    pub drain_timeout: Duration,
+    pub exit_idle_time: Option<Duration>,
+}
+
+/// A listening socket and where its connections go.
+pub struct Listener {
+    pub fd: OwnedFd,
+    pub addr: SockAddr,
+    pub target: Target,
+    pub call: Call,
+}
+
+impl Listener {
+    fn route(&self) -> Route<'_> {
+        Route {
+            target: &self.target,
+            call: &self.call,
+        }
+    }
+}
+
+struct Context {
+    poll: Poll,
+    signals: SignalPipe,
+    stderr: SharedStderr,
+    listeners: Vec<Listener>,
+    /// One prepared qrexec-client-vm command line per listener.
+    programs: Vec<Program>,
+    connections: Table<Connection>,
+    /// Children reaped and not yet released (kept to reuse its allocation).
+    ended: Vec<(Pid, Exit)>,
+    client: Client,
+    max_connections: usize,
+    notifier: Notifier,
+    counters: Counters,
+    status: Status,
+    /// Listeners are registered with the poll.
+    accepting: bool,
+    backoff: Backoff,
+    lifecycle: Lifecycle,
+    /// SIGPIPE is logged once (see on_signals).
+    sigpipe_logged: bool,
+}
+
+/// Serves the listeners until a signal or idleness ends the daemon.
+pub fn run(
+    listeners: Vec<Listener>,
+    client: Client,
+    options: Options,
+    notifier: Notifier,
+) -> Result<()> {
+    let poll = Poll::new().context(|| "create the event loop".into())?;
+    let signals = SignalPipe::new(&[
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGPIPE,
+    ])
+    .context(|| "set up signal handling".into())?;
+    poll.registry()
+        .register(
+            &mut SourceFd(&signals.as_fd().as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )
+        .context(|| "watch signals".into())?;
+    // Only now that SIGTERM is handled: a manager that sees these lines may
+    // stop us at once, and must get a clean exit.
+    for l in &listeners {
+        info!(target: "listener", "{} -> {} {}", l.addr, l.target, l.call);
+    }
+    let stderr = SharedStderr::new(poll.registry(), STDERR)
+        .context(|| "create the children's stderr".into())?;
+    let programs = listeners
+        .iter()
+        .map(|l| client.program(&l.target, &l.call))
+        .collect::<io::Result<Vec<_>>>()
+        .context(|| format!("prepare {}", client.path.display()))?;
+    for listener in &listeners {
+        crate::sys::set_nonblocking(listener.fd.as_fd(), true)
+            .context(|| format!("make fd {} non-blocking", listener.fd.as_raw_fd()))?;
+    }
+    let mut cx = Context {
+        poll,
+        signals,
+        stderr,
+        programs,
+        listeners,
+        connections: Table::new(options.max_connections),
+        ended: Vec::new(),
+        client,
+        max_connections: options.max_connections,
+        status: Status::new(notifier.is_enabled()),
+        notifier,
+        counters: Counters::default(),
+        accepting: false,
+        backoff: Backoff::default(),
+        lifecycle: Lifecycle::new(&options, Instant::now()),
+        sigpipe_logged: false,
+    };
+    cx.set_accepting(true)?;
+    cx.notify("READY=1");
+    let result = cx.event_loop();
+    cx.stderr.close();
+    result
+}
+
+impl Context {
+    fn event_loop(&mut self) -> Result<()> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = if self.stderr.pending {
+                Some(Duration::ZERO)
+            } else {
+                self.next_deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(crate::error::Error::io("wait for events", e));
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => self.on_signals(),
+                    STDERR => self.stderr.pending = true,
+                    Token(i) => self.accept_all(i),
+                }
+            }
+            if self.stderr.pending {
+                self.stderr.pending = !self.read_stderr(STDERR_READS);
+            }
+            if self.on_timers()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The earliest moment a timer needs the loop to wake up.
+    fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.backoff.deadline(),
+            self.lifecycle.deadline(self.connections.len()),
+            self.status.deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Acts on the timers that are due; `Ok(true)` when the daemon is done.
+    fn on_timers(&mut self) -> Result<bool> {
+        let now = Instant::now();
+        if self.backoff.expired(now)
+            && self.lifecycle.is_serving()
+            && self.connections.len() < self.max_connections
+        {
+            debug!("resuming accepting connections");
+            self.set_accepting(true)?;
+        }
+        if let Some(status) = self
+            .status
+            .take_due(now, self.connections.len(), &self.counters)
+        {
+            self.notify(&status);
+        }
+        let step = self.lifecycle.step(now, self.connections.len());
+        self.end_children(&step);
+        Ok(matches!(step, Step::Exit | Step::Kill))
+    }
+
+    fn notify(&self, message: &str) {
+        if let Err(e) = self.notifier.send(message) {
+            warn!("failed to notify the service manager ({message}): {e}, ignoring");
+        }
+    }
+
+    fn on_signals(&mut self) {
+        // Each signal is a byte; one read takes all that are pending.
+        let mut buf = [0u8; SIGNAL_BATCH];
+        loop {
+            let signals = match self.signals.read(&mut buf) {
+                Ok(signals) => signals,
+                Err(e) => {
+                    error!("cannot read signals: {e}");
+                    return;
+                }
+            };
+            let drained = signals.len() < SIGNAL_BATCH;
+            // One reap for any number of SIGCHLD: it reaps every ended child.
+            if signals.contains(&(libc::SIGCHLD as u8)) {
+                self.reap();
+            }
+            for &signal in signals {
+                match i32::from(signal) {
+                    libc::SIGCHLD => {}
+                    sig @ (libc::SIGTERM | libc::SIGINT) => self.start_draining(sig),
+                    // Logging to a broken stderr raises SIGPIPE again: logging
+                    // every one would chase our own signal forever.
+                    libc::SIGPIPE if self.sigpipe_logged => {}
+                    sig => {
+                        self.sigpipe_logged |= sig == libc::SIGPIPE;
+                        info!("received {}, ignoring", signal_name(sig));
+                    }
+                }
+            }
+            if drained {
+                return;
+            }
+        }
+    }
+
+    fn start_draining(&mut self, signal: i32) {
+        if !self.lifecycle.drain(Instant::now()) {
+            debug!("received {} again while stopping", signal_name(signal));
+            return;
+        }
+        info!(
+            "received {}: no new connections; waiting up to {}s for {} open ones",
+            signal_name(signal),
+            self.lifecycle.drain_timeout().as_secs(),
+            self.connections.len()
+        );
+        self.notify("STOPPING=1");
+        self.pause_accepting();
+        self.backoff.cancel();
+    }
+}
