@@ -13,6 +13,7 @@ pub mod call;
 pub mod daemon;
 pub mod error;
 pub mod logging;
+pub mod manage;
 pub mod notify;
 pub mod qrexec;
 pub mod relay;
@@ -77,6 +78,9 @@ fn dispatch<'a>(
         Some("--list") => {
             print!("{}", applet::list());
             Err(0)
+        }
+        Some(verb) if invoked == MULTICALL && manage::VERBS.contains(&verb) => {
+            Err(manage::run(verb, &args[1..]))
         }
         Some("--version" | "-V") => {
             println!("{MULTICALL} {}", env!("CARGO_PKG_VERSION"));
