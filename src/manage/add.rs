@@ -50,6 +50,8 @@ fn check(forward: &Forward, layout: &Layout, path: &Path) -> Result<()> {
             row.qube, row.socket
         )));
     }
+    // An instance without a drop-in has no Listen line ("bad-setting"),
+    // but its template, once installed, is its fragment.
     let (needed, installed) = if layout.whole_unit {
         if systemctl::property(&layout.socket, "LoadState")? == "loaded" {
             return Err(Error::Usage(format!(
@@ -57,16 +59,17 @@ fn check(forward: &Forward, layout: &Layout, path: &Path) -> Result<()> {
                 layout.socket
             )));
         }
-        (ONE_SERVICE, systemctl::property(ONE_SERVICE, "LoadState")?)
-    } else {
         (
-            layout.socket.as_str(),
-            systemctl::property(&layout.socket, "LoadState")?,
+            ONE_SERVICE,
+            systemctl::property(ONE_SERVICE, "LoadState")? == "loaded",
         )
+    } else {
+        let fragment = systemctl::property(&layout.socket, "FragmentPath")?;
+        (layout.socket.as_str(), !fragment.is_empty())
     };
-    if installed != "loaded" {
+    if !installed {
         return Err(Error::NotConfigured(format!(
-            "{needed} is not installed ({installed}): install qrexec-connect's units first (sudo make install-client)"
+            "{needed} is not installed: install qrexec-connect's units first (sudo make install-client)"
         )));
     }
     match &forward.listen {

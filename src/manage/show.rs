@@ -126,7 +126,7 @@ pub struct Row {
     pub socket: String,
     pub service: String,
     pub state: State,
-    /// The service's counters (shared by every address it serves).
+    /// The service's counters (shared by every address it serves), while it runs.
     pub counters: Option<Counters>,
     /// The file whose ListenStream= gives this address, if one does.
     pub file: Option<String>,
@@ -167,14 +167,17 @@ pub fn rows(
                 .find(|(_, lines)| lines.listen.iter().any(|l| expand(l) == listen));
             let name = file.and_then(|(_, l)| l.fd_name.as_deref()).or(unit_name);
             let (qube, call) = target_and_call(name, service);
+            let state = state(socket, service_props);
             rows.push(Row {
                 listen: listen.to_owned(),
                 qube,
                 call,
                 socket: socket.get("Id").unwrap_or_default().to_owned(),
                 service: service.to_owned(),
-                state: state(socket, service_props),
+                state,
+                // A stopped service keeps its last StatusText: stale.
                 counters: service_props
+                    .filter(|_| state == State::Serving)
                     .and_then(|s| s.get("StatusText"))
                     .and_then(Counters::parse),
                 file: file.map(|(path, _)| (*path).to_owned()),
@@ -314,6 +317,21 @@ DropInPaths=
         );
         assert_eq!(web.file.as_deref(), Some("/h/qrexec-connect-web.socket"));
         assert_eq!(web.counters, None);
+        // A stopped service keeps its last STATUS=: not shown.
+        let stopped = parse_show(
+            "Id=qrexec-connect-tcp@22.service\nActiveState=inactive\n\
+             StatusText=1 active, 5 served, 2 refused, 0 failed\n",
+        );
+        let again = super::rows(
+            &parse_show(SHOW),
+            &stopped,
+            |_: &str| None,
+            |l: &str| l.to_owned(),
+        );
+        assert_eq!(
+            (again[0].state, again[0].counters),
+            (State::Listening, None)
+        );
     }
 
     #[test]
