@@ -34,15 +34,25 @@ pub fn run(args: &[&str]) -> Result<u8> {
         .iter()
         .filter(|r| r.socket == socket && !matched.contains(r))
         .count();
+    for line in take_back(&socket, &service, &files, rest)? {
+        println!("{line}");
+    }
+    Ok(0)
+}
+
+/// Stops what listens, deletes the files and reloads; with `rest` other
+/// addresses left on the socket unit, restarts it instead of stopping it.
+/// Returns what it did.
+fn take_back(socket: &str, service: &str, files: &[String], rest: usize) -> Result<Vec<String>> {
     let mut done = Vec::new();
     if rest == 0 {
-        systemctl::run(&["disable", &socket])?;
-        let mut stop = vec![socket.as_str()];
+        systemctl::run(&["disable", socket])?;
+        let mut stop = vec![socket];
         // The service holds the listening socket too: it must go, or the
         // address keeps accepting. The one shared service restarts at the
         // next connection to any of its other sockets.
-        if systemctl::is_active(&service)? {
-            stop.push(&service);
+        if systemctl::is_active(service)? {
+            stop.push(service);
             done.push(format!(
                 "stopped {service} (its open connections drained first)"
             ));
@@ -50,7 +60,7 @@ pub fn run(args: &[&str]) -> Result<u8> {
         systemctl::run(&[&["stop"], stop.as_slice()].concat())?;
         done.insert(0, format!("stopped and disabled {socket}"));
     }
-    for file in &files {
+    for file in files {
         fs::remove_file(file).context(|| format!("remove {file}"))?;
         done.push(format!("deleted {file}"));
         // The instance's drop-in directory, once empty.
@@ -63,21 +73,18 @@ pub fn run(args: &[&str]) -> Result<u8> {
     }
     systemctl::run(&["daemon-reload"])?;
     if rest > 0 {
-        if systemctl::is_active(&service)? {
-            systemctl::run(&["stop", &service])?;
+        if systemctl::is_active(service)? {
+            systemctl::run(&["stop", service])?;
             done.push(format!(
                 "stopped {service} (its open connections drained first); it starts again at the next connection"
             ));
         }
-        systemctl::run(&["restart", &socket])?;
+        systemctl::run(&["restart", socket])?;
         done.push(format!(
             "restarted {socket}: its {rest} other address(es) still listen"
         ));
     }
-    for line in done {
-        println!("{line}");
-    }
-    Ok(0)
+    Ok(done)
 }
 
 /// The rows a `remove` argument names: a socket unit's, or one address's.
