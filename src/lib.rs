@@ -18,6 +18,7 @@ pub mod call;
 pub(crate) mod daemon;
 pub mod error;
 pub(crate) mod logging;
+pub(crate) mod manage;
 pub(crate) mod notify;
 mod parse_error;
 pub(crate) mod qrexec;
@@ -87,6 +88,9 @@ fn dispatch<'a>(
         Some("--list") => {
             print!("{}", applet::list());
             Err(0)
+        }
+        Some(verb) if invoked == MULTICALL && manage::VERBS.contains(&verb) => {
+            Err(manage::run(verb, &args[1..]))
         }
         Some("--version" | "-V") => {
             // The version and its commit (build.rs).

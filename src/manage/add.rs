@@ -1,0 +1,173 @@
+//! `qrexec-connect add KIND SPEC...`: checks everything, writes the one file
+//! of the forward atomically, then has the user manager load, enable and
+//! start its socket, and prints the dom0 policy line the forward needs.
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::Path;
+
+use super::spec::{Forward, Listen, USAGE};
+use super::unit::{Layout, ONE_SERVICE};
+use super::{list, policy, systemctl};
+use crate::error::{Error, IoContext as _, Result};
+
+pub fn run(args: &[&str]) -> Result<u8> {
+    if let Some(code) = super::help(args, "add KIND SPEC...", USAGE)? {
+        return Ok(code);
+    }
+    let forward = Forward::parse(args).map_err(Error::Usage)?;
+    let layout = Layout::of(&forward);
+    let path = systemctl::config_dir()?.join(&layout.file);
+    check(&forward, &layout, &path)?;
+    write_atomic(&path, &layout.text)?;
+    let done = activate(&layout).map_err(|e| {
+        Error::Unavailable(format!(
+            "wrote {}, but {e}; `qrexec-connect remove {}` takes it back",
+            path.display(),
+            forward.listen
+        ))
+    })?;
+    print!("{}", report(&forward, &layout, &path, &done));
+    Ok(0)
+}
+
+/// Refuses, before anything is written or reloaded, a forward that could
+/// not work: its file or address already taken, or our units missing.
+fn check(forward: &Forward, layout: &Layout, path: &Path) -> Result<()> {
+    if path.symlink_metadata().is_ok() {
+        return Err(Error::Usage(format!(
+            "{} exists: {} already has a forward to {}",
+            path.display(),
+            layout.socket,
+            forward.target
+        )));
+    }
+    let shown = systemctl::expand(&forward.listen.to_string());
+    if let Some(row) = list::forwards()?.iter().find(|r| r.listen == shown) {
+        return Err(Error::Usage(format!(
+            "{shown} is already forwarded, to {} by {}",
+            row.qube, row.socket
+        )));
+    }
+    // An instance without a drop-in has no Listen line ("bad-setting"),
+    // but its template, once installed, is its fragment.
+    let (needed, installed) = if layout.whole_unit {
+        if systemctl::property(&layout.socket, "LoadState")? == "loaded" {
+            return Err(Error::Usage(format!(
+                "a unit {} exists already",
+                layout.socket
+            )));
+        }
+        (
+            ONE_SERVICE,
+            systemctl::property(ONE_SERVICE, "LoadState")? == "loaded",
+        )
+    } else {
+        let fragment = systemctl::property(&layout.socket, "FragmentPath")?;
+        (layout.socket.as_str(), !fragment.is_empty())
+    };
+    if !installed {
+        return Err(Error::NotConfigured(format!(
+            "{needed} is not installed: install qrexec-connect's units first (sudo make install-client)"
+        )));
+    }
+    match &forward.listen {
+        Listen::Tcp(addr) => TcpListener::bind(addr).map(drop).map_err(|e| {
+            Error::Usage(match e.kind() {
+                std::io::ErrorKind::AddrInUse => format!("{addr} is in use by another program"),
+                _ => format!("cannot listen on {addr}: {e}"),
+            })
+        }),
+        Listen::Unix(_) if Path::new(&shown).symlink_metadata().is_ok() => Err(Error::Usage(
+            format!("{shown} exists: another socket or file is there"),
+        )),
+        Listen::Unix(_) => Ok(()),
+    }
+}
+
+/// Writes `text` to a temporary file beside `path` and renames it over, so
+/// that systemd never reads half a file.
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let dir = path.parent().expect("a unit file is in a directory");
+    fs::create_dir_all(dir).context(|| format!("create {}", dir.display()))?;
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temporary, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&temporary);
+        Error::io(format!("write {}", path.display()), e)
+    })
+}
+
+/// Loads the new file and starts listening: a socket unit binds a new
+/// address only when it restarts, and it cannot start while its service
+/// runs, so a running service is stopped first (it drains its open
+/// connections) and starts again at the next connection. Returns what it did.
+fn activate(layout: &Layout) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    systemctl::run(&["daemon-reload"])?;
+    systemctl::run(&["enable", &layout.socket])?;
+    let serving = systemctl::is_active(&layout.service)?;
+    let listening = systemctl::is_active(&layout.socket)?;
+    if serving {
+        systemctl::run(&["stop", &layout.service])?;
+        done.push(format!(
+            "stopped {} (its open connections drained first): a socket unit cannot restart while its service runs; it starts again at the next connection",
+            layout.service
+        ));
+    }
+    if listening || serving {
+        systemctl::run(&["restart", &layout.socket])?;
+        done.push(format!(
+            "restarted {} so that it binds the new address",
+            layout.socket
+        ));
+    } else {
+        systemctl::run(&["start", &layout.socket])?;
+    }
+    if !systemctl::is_active(&layout.socket)? {
+        return Err(Error::Unavailable(format!(
+            "{} did not start: see systemctl --user status {}",
+            layout.socket, layout.socket
+        )));
+    }
+    done.push(format!(
+        "enabled and started {}: it listens again after a reboot",
+        layout.socket
+    ));
+    Ok(done)
+}
+
+/// What `add` prints: what it did, how to try it, and the policy line.
+fn report(forward: &Forward, layout: &Layout, path: &Path, done: &[String]) -> String {
+    let call = forward.call();
+    let source = policy::source();
+    let mut out = format!("wrote {}\n", path.display());
+    for line in done {
+        out.push_str(&format!("{line}\n"));
+    }
+    out.push_str(&format!(
+        "{} -> {} {call}\n\
+         try it: connect to {}; `qrexec-connect list` shows it, `journalctl --user -u {}` its connections\n\
+         dom0 needs this line in /etc/qubes/policy.d/30-user.policy:\n",
+        forward.listen,
+        forward.target,
+        systemctl::expand(&forward.listen.to_string()),
+        layout.service,
+    ));
+    for line in policy::header(source.as_deref()).iter().skip(1) {
+        out.push_str(&format!("{line}\n"));
+    }
+    let source = source.as_deref().unwrap_or(policy::UNKNOWN_SOURCE);
+    out.push_str(&format!(
+        "{}\n",
+        policy::line(source, forward.target.as_str(), call.as_str())
+    ));
+    out
+}

@@ -1,0 +1,122 @@
+//! `qrexec-connect remove LISTEN-ADDRESS|UNIT`: takes back what `add` did.
+//! Only files that start with `add`'s mark are deleted; a forward written by
+//! hand is refused, with the file named, before anything changes.
+
+use std::fs;
+use std::path::Path;
+
+use super::show::Row;
+use super::spec::Listen;
+use super::{list, systemctl, unit};
+use crate::error::{Error, IoContext as _, Result};
+
+pub fn run(args: &[&str]) -> Result<u8> {
+    let about = "remove a forward `add` made, by its address or its socket unit";
+    if let Some(code) = super::help(args, "remove LISTEN-ADDRESS|UNIT", about)? {
+        return Ok(code);
+    }
+    let [which] = args else {
+        return Err(Error::Usage(
+            "usage: qrexec-connect remove LISTEN-ADDRESS|UNIT".into(),
+        ));
+    };
+    let rows = list::forwards()?;
+    let matched = select(&rows, which);
+    let Some(first) = matched.first() else {
+        return Err(Error::Usage(format!(
+            "no forward listens on or is named {which}: `qrexec-connect list` shows them"
+        )));
+    };
+    let socket = first.socket.clone();
+    let service = first.service.clone();
+    let files = files_to_delete(&matched)?;
+    let rest = rows
+        .iter()
+        .filter(|r| r.socket == socket && !matched.contains(r))
+        .count();
+    for line in take_back(&socket, &service, &files, rest)? {
+        println!("{line}");
+    }
+    Ok(0)
+}
+
+/// Stops what listens, deletes the files and reloads; with `rest` other
+/// addresses left on the socket unit, restarts it instead of stopping it.
+/// Returns what it did.
+fn take_back(socket: &str, service: &str, files: &[String], rest: usize) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    if rest == 0 {
+        systemctl::run(&["disable", socket])?;
+        let mut stop = vec![socket];
+        // The service holds the listening socket too: it must go, or the
+        // address keeps accepting. The one shared service restarts at the
+        // next connection to any of its other sockets.
+        if systemctl::is_active(service)? {
+            stop.push(service);
+            done.push(format!(
+                "stopped {service} (its open connections drained first)"
+            ));
+        }
+        systemctl::run(&[&["stop"], stop.as_slice()].concat())?;
+        done.insert(0, format!("stopped and disabled {socket}"));
+    }
+    for file in files {
+        fs::remove_file(file).context(|| format!("remove {file}"))?;
+        done.push(format!("deleted {file}"));
+        // The instance's drop-in directory, once empty.
+        if let Some(dir) = Path::new(file)
+            .parent()
+            .filter(|d| d.extension().is_some_and(|e| e == "d"))
+        {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+    systemctl::run(&["daemon-reload"])?;
+    if rest > 0 {
+        if systemctl::is_active(service)? {
+            systemctl::run(&["stop", service])?;
+            done.push(format!(
+                "stopped {service} (its open connections drained first); it starts again at the next connection"
+            ));
+        }
+        systemctl::run(&["restart", socket])?;
+        done.push(format!(
+            "restarted {socket}: its {rest} other address(es) still listen"
+        ));
+    }
+    Ok(done)
+}
+
+/// The rows a `remove` argument names: a socket unit's, or one address's.
+fn select<'a>(rows: &'a [Row], which: &str) -> Vec<&'a Row> {
+    if which.ends_with(".socket") {
+        return rows.iter().filter(|r| r.socket == which).collect();
+    }
+    let parsed = Listen::parse(which).map(|l| systemctl::expand(&l.to_string()));
+    rows.iter()
+        .filter(|r| r.listen == which || parsed.as_ref().is_ok_and(|p| *p == r.listen))
+        .collect()
+}
+
+/// The files that define these rows, each checked to carry `add`'s mark.
+fn files_to_delete(rows: &[&Row]) -> Result<Vec<String>> {
+    let mut files: Vec<String> = Vec::new();
+    for row in rows {
+        let Some(file) = &row.file else {
+            return Err(Error::Usage(format!(
+                "cannot tell which file of {} makes it listen on {}: edit it yourself (systemctl --user cat {})",
+                row.socket, row.listen, row.socket
+            )));
+        };
+        let text = fs::read_to_string(file).context(|| format!("read {file}"))?;
+        if !unit::is_marked(&text) {
+            return Err(Error::Usage(format!(
+                "{file} was not written by qrexec-connect add: not deleting it (remove it yourself, then systemctl --user daemon-reload)"
+            )));
+        }
+        if !files.contains(file) {
+            files.push(file.clone());
+        }
+    }
+    Ok(files)
+}

@@ -1,0 +1,68 @@
+//! `systemctl --user` as a child process (systemctl(1)), and where the
+//! user's own unit files live (systemd.unit(5), "User Unit Search Path").
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+
+/// Runs `systemctl --user ARGS`; its stdout, or its stderr's first line as the error.
+pub fn run(args: &[&str]) -> Result<String> {
+    let out = Command::new("systemctl")
+        .args(["--user", "--no-pager", "--no-ask-password"])
+        .args(args)
+        .env("SYSTEMD_COLORS", "0")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::io("run systemctl --user", e))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let why = stderr
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no message");
+        return Err(Error::Unavailable(format!(
+            "systemctl --user {} failed ({}): {why}",
+            args.join(" "),
+            out.status
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `systemctl --user show -P PROPERTY UNIT`.
+pub fn property(unit: &str, property: &str) -> Result<String> {
+    Ok(run(&["show", "-P", property, unit])?.trim().to_owned())
+}
+
+/// Whether a unit is active (or on its way there or back).
+pub fn is_active(unit: &str) -> Result<bool> {
+    Ok(matches!(
+        property(unit, "ActiveState")?.as_str(),
+        "active" | "activating" | "reloading" | "deactivating"
+    ))
+}
+
+/// `~/.config/systemd/user` (`$XDG_CONFIG_HOME/systemd/user`).
+pub fn config_dir() -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+            Some(home) => PathBuf::from(home).join(".config"),
+            None => return Err(Error::NotConfigured("HOME is not set".into())),
+        },
+    };
+    Ok(base.join("systemd/user"))
+}
+
+/// How systemd expands `%t` and `%h` at the start of a Listen line.
+pub fn expand(value: &str) -> String {
+    let var = |name| std::env::var(name).unwrap_or_default();
+    if let Some(rest) = value.strip_prefix("%t/") {
+        format!("{}/{rest}", var("XDG_RUNTIME_DIR"))
+    } else if let Some(rest) = value.strip_prefix("%h/") {
+        format!("{}/{rest}", var("HOME"))
+    } else {
+        value.to_owned()
+    }
+}
