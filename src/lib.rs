@@ -11,6 +11,7 @@ pub mod applet;
 pub mod argument;
 pub mod call;
 pub mod daemon;
+pub mod dropin;
 pub mod error;
 pub mod logging;
 pub mod notify;
