@@ -56,7 +56,11 @@ impl fmt::Display for ListenAddr {
         match self {
             ListenAddr::Port(port) => write!(f, "{port}"),
             ListenAddr::Inet(addr, iface) => {
-                write!(f, "{addr}")?;
+                // The scope as written, after the port, not inside [...].
+                match addr {
+                    SocketAddr::V4(v4) => write!(f, "{v4}")?,
+                    SocketAddr::V6(v6) => write!(f, "[{}]:{}", v6.ip(), v6.port())?,
+                }
                 match iface {
                     Some(Iface::Index(i)) => write!(f, "%{i}"),
                     Some(Iface::Name(n)) => write!(f, "%{n}"),
@@ -294,7 +298,15 @@ mod tests {
             }
         );
         assert_eq!(parse("vsock:host:0"), ListenAddr::Vsock { cid: 2, port: 0 });
-        assert_eq!(parse("[fe80::1]:80%eth0").to_string(), "[fe80::1]:80%eth0");
+        for shown in [
+            "[fe80::1]:80%eth0",
+            "[fe80::1]:80%3",
+            "1.2.3.4:5%lo",
+            "@a",
+            "/run/b",
+        ] {
+            assert_eq!(parse(shown).to_string(), shown);
+        }
     }
 
     #[test]
