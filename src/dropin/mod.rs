@@ -16,12 +16,14 @@
 //! All pure but the directory listing and file reading in [`search`].
 
 pub mod listen;
+pub mod load;
 pub mod resolve;
 pub mod search;
 pub mod specifier;
 pub mod syntax;
 
 pub use listen::ListenAddr;
+pub use load::resolve_names;
 pub use resolve::{Resolved, Source, resolve};
 pub use specifier::Specifiers;
 

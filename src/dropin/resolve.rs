@@ -149,6 +149,24 @@ fn merge(sources: &[Source]) -> (Vec<(usize, &Port)>, Option<&str>) {
     (ports, fdname)
 }
 
+/// The `FileDescriptorName` systemd gives the unit's fds, as its files say;
+/// `None`: the unit's name.
+pub fn effective_name(sources: &[Source]) -> Option<&str> {
+    merge(sources).1
+}
+
+/// Whether a stream `Listen*=` line of the unit declares `addr`.
+pub fn declares(
+    sources: &[Source],
+    addr: &SockAddr,
+    ifindex: &dyn Fn(&str) -> Option<u32>,
+) -> bool {
+    merge(sources)
+        .0
+        .iter()
+        .any(|(_, p)| p.stream.as_ref().is_some_and(|a| a.matches(addr, ifindex)))
+}
+
 /// Decides the name of each fd passed under `passed_name` by socket unit
 /// `unit` (`fds`: their bound addresses, in the order passed), from the
 /// unit's files in systemd's order. Refuses, naming the unit, the address
