@@ -228,6 +228,14 @@ mod tests {
     }
 
     #[test]
+    fn only_systemd_blanks_are_stripped() {
+        assert_eq!(
+            settings("[Socket]\nListenStream=\t/a\u{b}\u{c} \r\n"),
+            [Listen(Stream, "/a\u{b}\u{c}".into())]
+        );
+    }
+
+    #[test]
     fn quotes_are_kept() {
         assert_eq!(
             settings("[Socket]\nListenStream=\"/a b\"\n"),
