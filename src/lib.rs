@@ -16,6 +16,7 @@ pub mod applet;
 pub mod argument;
 pub mod call;
 pub(crate) mod daemon;
+pub mod dropin;
 pub mod error;
 pub(crate) mod logging;
 pub(crate) mod manage;
