@@ -1,7 +1,7 @@
 //! The packages and the man pages.
 //!
 //! Always: each man page renders with neither `groff -ww` nor `man -l`
-//! warning, names every applet and option, and every file gives the same
+//! warning, names every applet, verb and option, and every file gives the same
 //! version (Cargo.toml, `version`, `debian/changelog`, the man pages).
 //!
 //! When `.ci/run` has built them (`make deb rpm`, then
@@ -114,19 +114,37 @@ fn man_pages_name_every_applet_and_option() {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(applets.len(), 7, "{list}");
+    assert_eq!(applets.len(), 8, "{list}");
     for applet in &applets {
         assert!(text.contains(applet), "no man page names {applet}");
         let help = run(binary, &[applet, "--help"]);
-        let help = String::from_utf8_lossy(&help.stdout);
-        let options: BTreeSet<&str> = help
-            .split(|c: char| c.is_whitespace() || "[]<>,".contains(c))
-            .filter(|w| w.starts_with("--") && w.len() > 2)
-            .collect();
-        for option in options {
+        for option in options(&help) {
             assert!(
-                text.contains(option),
+                text.contains(&option),
                 "the man pages lack {option} of {applet}"
+            );
+        }
+    }
+    // The verbs of the plain applet: each, its forms (`add tcp`, ...) and
+    // its options.
+    for verb in ["add", "list", "remove", "policy"] {
+        let help = run(binary, &[verb, "--help"]);
+        let usage = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            help.status.success() && usage.starts_with(&format!("Usage: qrexec-connect {verb}")),
+            "qrexec-connect {verb} --help: {help:?}"
+        );
+        assert!(
+            text.contains(&format!("qrexec-connect {verb}")),
+            "no man page names qrexec-connect {verb}"
+        );
+        for form in forms(&usage, verb) {
+            assert!(text.contains(&form), "the man pages lack {form}");
+        }
+        for option in options(&help) {
+            assert!(
+                text.contains(&option),
+                "the man pages lack {option} of qrexec-connect {verb}"
             );
         }
     }
@@ -139,9 +157,42 @@ fn man_pages_name_every_applet_and_option() {
         "EXAMPLES",
         "--list",
         "--version",
+        "/etc/ssh/ssh_config.d/30-qrexec-connect.conf",
     ] {
         assert!(text.contains(word), "the man pages lack {word}");
     }
+}
+
+/// The forms a verb's `--help` names: `VERB WORD` where WORD is followed by
+/// an argument in capitals or brackets, or ends the line (`add tcp [ADDR:]...`,
+/// `add unix PATH ...`, `list [--json]`), not by prose (`list every forward`).
+fn forms(usage: &str, verb: &str) -> Vec<String> {
+    let words: Vec<&str> = usage.split([' ', ',']).collect();
+    let mut found = Vec::new();
+    for (i, pair) in words.windows(2).enumerate() {
+        let [first, kind] = pair else { continue };
+        let (kind, end) = match kind.split_once('\n') {
+            Some((kind, _)) => (kind, true),
+            None => (*kind, i + 2 == words.len()),
+        };
+        let argument = words
+            .get(i + 2)
+            .and_then(|w| w.chars().next())
+            .is_some_and(|c| c.is_ascii_uppercase() || c == '[');
+        if *first == verb && !kind.is_empty() && (end || argument) {
+            found.push(format!("{verb} {kind}"));
+        }
+    }
+    found
+}
+
+/// The long options a `--help` output names.
+fn options(help: &Output) -> BTreeSet<String> {
+    String::from_utf8_lossy(&help.stdout)
+        .split(|c: char| c.is_whitespace() || "[]<>,|".contains(c))
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
