@@ -211,7 +211,7 @@ fn splice_direct(from: &End, to: &End, moved: &AtomicU64) -> Result<Spliced, Err
 
 /// Neither end is a pipe: splice into a pipe of our own, then out of it.
 fn splice_through_pipe(from: &End, to: &End, moved: &AtomicU64) -> Result<Spliced, Error> {
-    let (pipe_out, pipe_in) = splice::pipe().map_err(|e| Error::io("create a pipe", e))?;
+    let (pipe_out, pipe_in) = sys::pipe().map_err(|e| Error::io("create a pipe", e))?;
     let size = if from.tcp { TCP_PIPE_SIZE } else { PIPE_SIZE };
     // A smaller pipe (the user's pipe quota is spent) only costs speed.
     let _ = splice::set_pipe_size(pipe_in.as_fd(), size);

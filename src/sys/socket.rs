@@ -1,5 +1,7 @@
 //! Socket calls: inspecting passed sockets, accepting, naming addresses, and
 //! TCP connections from a chosen source address (bind before connect).
+//!
+//! Man pages: socket(7), unix(7), ip(7), tcp(7), getsockopt(2), accept(2).
 
 use std::fmt;
 use std::io;
@@ -92,32 +94,77 @@ fn decode(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> SockAddr {
     }
 }
 
-/// `getsockname(2)`: the local address of a socket.
-pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
+/// Fills a zeroed `sockaddr_storage` with `fill` (`getsockname(2)`,
+/// `getpeername(2)`, `accept4(2)`: each takes a pointer to the address and
+/// one to its length, and writes both), then decodes it.
+fn with_sockaddr<R>(
+    fill: impl FnOnce(*mut libc::sockaddr, *mut libc::socklen_t) -> io::Result<R>,
+) -> io::Result<(R, SockAddr)> {
     let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage and len describe a writable buffer of that size.
-    syscall!(getsockname(
-        fd.as_raw_fd(),
-        storage.as_mut_ptr().cast(),
-        &mut len
-    ))?;
-    // SAFETY: zeroed is a valid sockaddr_storage; the kernel wrote `len` bytes.
-    Ok(decode(unsafe { storage.assume_init_ref() }, len))
+    let result = fill(storage.as_mut_ptr().cast(), &mut len)?;
+    // SAFETY: all zeroes is a valid sockaddr_storage, and the kernel wrote
+    // an address of `len` bytes (cut to the storage's size) into it.
+    let addr = decode(unsafe { storage.assume_init_ref() }, len);
+    Ok((result, addr))
 }
 
-fn sockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: value and len describe a writable c_int.
+/// `getsockname(2)`: the local address of a socket.
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
+    let (_, addr) = with_sockaddr(|addr, len| {
+        // SAFETY: `addr` and `len` describe a writable sockaddr_storage.
+        syscall!(getsockname(fd.as_raw_fd(), addr, len))
+    })?;
+    Ok(addr)
+}
+
+/// A plain C value that `getsockopt(2)` may write and `setsockopt(2)` read.
+///
+/// # Safety
+/// Every bit pattern of its size, all zeroes included, is a valid value.
+unsafe trait SockOptValue: Copy {}
+// SAFETY: an integer: any bits are a valid value.
+unsafe impl SockOptValue for libc::c_int {}
+// SAFETY: three integers (pid, uid, gid): any bits are a valid value.
+unsafe impl SockOptValue for libc::ucred {}
+
+/// `getsockopt(2)` of an option whose value is a `T`.
+fn getsockopt<T: SockOptValue>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
+    let mut value = MaybeUninit::<T>::zeroed();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` and `len` describe a writable T.
     syscall!(getsockopt(
         fd.as_raw_fd(),
         level,
         name,
-        (&mut value as *mut libc::c_int).cast(),
+        value.as_mut_ptr().cast(),
         &mut len
     ))?;
-    Ok(value)
+    // SAFETY: zeroed, then (partly) written by the kernel: any bytes are a
+    // valid T (SockOptValue).
+    Ok(unsafe { value.assume_init() })
+}
+
+/// `setsockopt(2)` of an option whose value is a `T`.
+fn setsockopt<T: SockOptValue>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a readable T of the size given.
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        level,
+        name,
+        (&value as *const T).cast(),
+        size_of::<T>() as libc::socklen_t
+    ))
+    .map(drop)
 }
 
 /// What `getsockopt(2)` says about a passed socket.
@@ -134,28 +181,21 @@ pub struct SocketInfo {
 /// `getsockopt(SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN)`.
 pub fn socket_info(fd: BorrowedFd<'_>) -> io::Result<SocketInfo> {
     Ok(SocketInfo {
-        domain: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
-        kind: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
-        listening: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0,
+        domain: getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+        kind: getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
+        listening: getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0,
     })
 }
 
 /// `accept4(SOCK_CLOEXEC)`: a new connection, blocking (children get it as
 /// stdio), never inherited by anyone but the child it is given to.
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, SockAddr)> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage and len describe a writable buffer of that size.
-    let fd = syscall!(accept4(
-        listener.as_raw_fd(),
-        storage.as_mut_ptr().cast(),
-        &mut len,
-        libc::SOCK_CLOEXEC
-    ))?;
+    let (fd, addr) = with_sockaddr(|addr, len| {
+        // SAFETY: `addr` and `len` describe a writable sockaddr_storage.
+        syscall!(accept4(listener.as_raw_fd(), addr, len, libc::SOCK_CLOEXEC))
+    })?;
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: zeroed is a valid sockaddr_storage; the kernel wrote `len` bytes.
-    Ok((fd, decode(unsafe { storage.assume_init_ref() }, len)))
+    Ok((unsafe { OwnedFd::from_raw_fd(fd) }, addr))
 }
 
 /// The process at the other end of a Unix socket (`SO_PEERCRED`).
@@ -167,34 +207,16 @@ pub struct PeerCred {
 
 /// `getpeername(2)`: the remote address of a connected socket.
 pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage and len describe a writable buffer of that size.
-    syscall!(getpeername(
-        fd.as_raw_fd(),
-        storage.as_mut_ptr().cast(),
-        &mut len
-    ))?;
-    // SAFETY: zeroed is a valid sockaddr_storage; the kernel wrote `len` bytes.
-    Ok(decode(unsafe { storage.assume_init_ref() }, len))
+    let (_, addr) = with_sockaddr(|addr, len| {
+        // SAFETY: `addr` and `len` describe a writable sockaddr_storage.
+        syscall!(getpeername(fd.as_raw_fd(), addr, len))
+    })?;
+    Ok(addr)
 }
 
 /// `getsockopt(SO_PEERCRED)`.
 pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len describe a writable ucred.
-    syscall!(getsockopt(
-        fd.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_PEERCRED,
-        (&mut cred as *mut libc::ucred).cast(),
-        &mut len
-    ))?;
+    let cred: libc::ucred = getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED)?;
     Ok(PeerCred {
         pid: cred.pid,
         uid: cred.uid,
@@ -206,25 +228,17 @@ pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
 /// `SO_PASSCRED`, so that every read tells which process wrote what it
 /// returns (see `recv_from_process`); theirs stays blocking, as a stderr is.
 pub fn stderr_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors socketpair returns.
+    let mut fds = [-1; 2];
+    // SAFETY: `fds` is a writable array of two ints, as socketpair requires.
     syscall!(socketpair(
         libc::AF_UNIX,
         libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
         0,
         fds.as_mut_ptr()
     ))?;
-    // SAFETY: socketpair returned two new descriptors that nothing else owns.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a readable int of the size given.
-    syscall!(setsockopt(
-        ours.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_PASSCRED,
-        (&on as *const libc::c_int).cast(),
-        size_of::<libc::c_int>() as libc::socklen_t
-    ))?;
+    // SAFETY: socketpair succeeded: two new descriptors that nothing else owns.
+    let (ours, theirs) = unsafe { super::owned_pair(fds) };
+    setsockopt::<libc::c_int>(ours.as_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
     super::set_nonblocking(ours.as_fd(), true)?;
     // Nothing flows towards the children: a read of their stderr sees EOF.
     shutdown(ours.as_fd(), std::net::Shutdown::Write)?;
@@ -299,9 +313,11 @@ pub fn shutdown(fd: BorrowedFd<'_>, how: std::net::Shutdown) -> io::Result<()> {
         std::net::Shutdown::Write => libc::SHUT_WR,
         std::net::Shutdown::Both => libc::SHUT_RDWR,
     };
+    // SAFETY: shutdown takes plain integers and touches no memory of ours.
     syscall!(shutdown(fd.as_raw_fd(), how)).map(drop)
 }
 
+/// An IPv4 address as `bind(2)` and `connect(2)` take it.
 fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -315,6 +331,7 @@ fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
 
 /// `socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC)`: a new, blocking TCP socket.
 pub fn tcp_v4() -> io::Result<OwnedFd> {
+    // SAFETY: socket takes plain integers and touches no memory of ours.
     let fd = syscall!(socket(
         libc::AF_INET,
         libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
@@ -324,28 +341,11 @@ pub fn tcp_v4() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn set_sockopt_int(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the option value is a readable c_int of the size given.
-    syscall!(setsockopt(
-        fd.as_raw_fd(),
-        level,
-        name,
-        (&value as *const libc::c_int).cast(),
-        size_of::<libc::c_int>() as libc::socklen_t
-    ))
-    .map(drop)
-}
-
 /// `bind(2)` of a TCP socket to `local` with port 0, the port chosen by
 /// the following `connect(2)` (`IP_BIND_ADDRESS_NO_PORT`, so that only the
 /// whole four-tuple must be unique, not the source port).
 pub fn bind_v4_for_connect(fd: BorrowedFd<'_>, local: Ipv4Addr) -> io::Result<()> {
-    set_sockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+    setsockopt::<libc::c_int>(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
     let sin = sockaddr_v4(SocketAddrV4::new(local, 0));
     // SAFETY: `sin` is a valid sockaddr_in of the length given.
     syscall!(bind(
@@ -373,22 +373,17 @@ pub fn connect_v4(fd: BorrowedFd<'_>, remote: SocketAddrV4) -> io::Result<()> {
     }
 }
 
-/// Waits (`poll(2)`) for an interrupted connect to finish and returns its result.
+/// Waits (`poll(2)`) for an interrupted connect to finish and returns its
+/// result (`getsockopt(SO_ERROR)`).
 fn wait_connected(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
     loop {
-        // SAFETY: `pfd` is one valid pollfd.
-        match syscall!(poll(&mut pfd, 1, -1)) {
+        match super::poll_one(fd, libc::POLLOUT, None) {
             Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
-    match sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
+    match getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
         0 => Ok(()),
         err => Err(io::Error::from_raw_os_error(err)),
     }
@@ -397,7 +392,7 @@ fn wait_connected(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// `setsockopt(TCP_NODELAY)`: send each write at once instead of waiting
 /// to fill a segment (Nagle's algorithm).
 pub fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
-    set_sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+    setsockopt::<libc::c_int>(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
 #[cfg(test)]
