@@ -14,6 +14,7 @@
 #![allow(unsafe_code)]
 
 pub mod process;
+mod sockaddr;
 pub mod socket;
 pub mod spawn;
 pub mod splice;
