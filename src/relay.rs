@@ -15,6 +15,10 @@
 //! more of the user's pipe quota. Out of TCP, and both ways on Unix sockets,
 //! splice is the cheaper.
 //!
+//! The relay's own pipe starts at the kernel's default size and grows only
+//! while a transfer is bulk (`pipe_size`): pipes count against the service
+//! user's quota, which idle calls must not be able to spend.
+//!
 //! Half-close is exact: at end of file on stdin the socket is shut down for
 //! writing (`shutdown(2)`) and replies keep coming; at end of file from the
 //! socket, stdout is shut down for writing if it is a socket, closed
@@ -32,18 +36,23 @@ use std::thread;
 use crate::error::Error;
 use crate::sys::{self, FileKind, socket, splice};
 
-/// The pipe between the two ends of a splice, in bytes: the most one
-/// `splice(2)` moves. Measured against 64 KiB (the default) and 1 MiB: 64 KiB
-/// costs 10-80% more CPU per GiB, 1 MiB gains nothing measurable and takes
-/// 4x the user's pipe quota (`pipe-user-pages-soft`, 64 MiB by default, past
-/// which new pipes get one page).
+mod pipe_size;
+
+use pipe_size::PipeSize;
+
+/// A bulk transfer's pipe between the two ends of a splice, in bytes: the
+/// most one `splice(2)` moves. Measured against 64 KiB (the default) and
+/// 1 MiB: 64 KiB costs 10-80% more CPU per GiB, 1 MiB gains nothing
+/// measurable and takes 4x the user's pipe quota (`pipe-user-pages-soft`,
+/// 64 MiB by default, past which new pipes get two pages).
 pub const PIPE_SIZE: usize = 256 << 10;
-/// The pipe out of a TCP socket. TCP hands splice its received data in
-/// pieces of at most a page or two, so a larger pipe takes more of them per
-/// call: 1 MiB (the unprivileged maximum) took qubes.ConnectTCPBind from
-/// 1.14x the CPU per GiB of the bench's splice floor to 1.00x. Only TCP
-/// relays pay its share of the quota, one such pipe each.
+/// A bulk transfer's pipe out of a TCP socket. TCP hands splice its received
+/// data in pieces of at most a page or two, so a larger pipe takes more of
+/// them per call: 1 MiB (the unprivileged maximum) took qubes.ConnectTCPBind
+/// from 1.14x the CPU per GiB of the bench's splice floor to 1.00x.
 pub const TCP_PIPE_SIZE: usize = 1 << 20;
+/// The kernel's default pipe size (16 pages), should `F_GETPIPE_SZ` fail.
+const DEFAULT_PIPE_SIZE: usize = 64 << 10;
 /// The buffer of the read/write path, per direction (64 KiB to 512 KiB
 /// measured the same).
 pub const COPY_SIZE: usize = 128 << 10;
@@ -211,46 +220,72 @@ fn splice_direct(from: &End, to: &End, moved: &AtomicU64) -> Result<Spliced, Err
 
 /// Neither end is a pipe: splice into a pipe of our own, then out of it.
 fn splice_through_pipe(from: &End, to: &End, moved: &AtomicU64) -> Result<Spliced, Error> {
-    let (pipe_out, pipe_in) = splice::pipe().map_err(|e| Error::io("create a pipe", e))?;
-    let size = if from.tcp { TCP_PIPE_SIZE } else { PIPE_SIZE };
-    // A smaller pipe (the user's pipe quota is spent) only costs speed.
-    let _ = splice::set_pipe_size(pipe_in.as_fd(), size);
+    let (pipe_out, pipe_in) = sys::pipe().map_err(|e| Error::io("create a pipe", e))?;
+    let initial = splice::pipe_size(pipe_in.as_fd()).unwrap_or(DEFAULT_PIPE_SIZE);
+    let bulk = if from.tcp { TCP_PIPE_SIZE } else { PIPE_SIZE };
+    let mut size = PipeSize::new(initial, bulk);
     loop {
-        let n = match splice::splice(from.fd.as_fd(), pipe_in.as_fd(), size) {
+        let n = match splice::splice(from.fd.as_fd(), pipe_in.as_fd(), size.capacity()) {
             Ok(0) => return Ok(Spliced::Eof),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if is_unsupported(&e) => return Ok(Spliced::Unsupported),
             Err(e) => return Err(Error::io(format!("read from {}", from.name), e)),
         };
-        let mut left = n;
-        while left > 0 {
-            match splice::splice(pipe_out.as_fd(), to.fd.as_fd(), left) {
-                Ok(0) => {
-                    let e = io::Error::from(io::ErrorKind::WriteZero);
-                    return Err(Error::io(format!("write to {}", to.name), e));
-                }
-                Ok(m) => {
-                    left -= m;
-                    moved.fetch_add(m as u64, Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if is_unsupported(&e) => {
-                    // The bytes already in the pipe go out by copying.
-                    let pipe = End {
-                        fd: pipe_out,
-                        name: from.name.clone(),
-                        kind: FileKind::Fifo,
-                        tcp: false,
-                    };
-                    let mut buf = vec![0; left.min(COPY_SIZE)];
-                    copy_exact(&pipe, to, &mut buf, left, moved)?;
-                    return Ok(Spliced::Unsupported);
-                }
-                Err(e) => return Err(Error::io(format!("write to {}", to.name), e)),
-            }
+        if !drain(&pipe_out, from, to, n, moved)? {
+            return Ok(Spliced::Unsupported);
+        }
+        let idle = || {
+            let readable = sys::poll_one(from.fd.as_fd(), libc::POLLIN, Some(pipe_size::IDLE));
+            matches!(readable, Ok(false))
+        };
+        if let Some(capacity) = size.next(n, idle) {
+            // The pipe is empty: any size holds it. A refusal (the user's
+            // pipe quota) only costs speed.
+            size.set(splice::set_pipe_size(pipe_in.as_fd(), capacity));
         }
     }
+}
+
+/// Splices the `len` bytes in our pipe out to `to`: `true`. Where `to` does
+/// not support splice, they go out by copying: `false`.
+fn drain(
+    pipe_out: &OwnedFd,
+    from: &End,
+    to: &End,
+    len: usize,
+    moved: &AtomicU64,
+) -> Result<bool, Error> {
+    let mut left = len;
+    while left > 0 {
+        match splice::splice(pipe_out.as_fd(), to.fd.as_fd(), left) {
+            Ok(0) => {
+                let e = io::Error::from(io::ErrorKind::WriteZero);
+                return Err(Error::io(format!("write to {}", to.name), e));
+            }
+            Ok(m) => {
+                left -= m;
+                moved.fetch_add(m as u64, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if is_unsupported(&e) => {
+                let pipe = pipe_out
+                    .try_clone()
+                    .map_err(|e| Error::io("duplicate a pipe", e))?;
+                let pipe = End {
+                    fd: pipe,
+                    name: from.name.clone(),
+                    kind: FileKind::Fifo,
+                    tcp: false,
+                };
+                let mut buf = vec![0; left.min(COPY_SIZE)];
+                copy_exact(&pipe, to, &mut buf, left, moved)?;
+                return Ok(false);
+            }
+            Err(e) => return Err(Error::io(format!("write to {}", to.name), e)),
+        }
+    }
+    Ok(true)
 }
 
 /// Copies through user space until end of file on `from`.

@@ -1,21 +1,35 @@
 //! Every libc call of the program, wrapped so the rest of it stays safe Rust.
 //!
 //! This module tree is the only place where `unsafe` is allowed. Each wrapper
-//! says which system call it makes; each `unsafe` block says why it is sound.
+//! says in its doc which system call it makes (as socket2 does), and each
+//! unsafe operation carries a `// SAFETY:` line saying why it is sound.
+//!
+//! Most calls go through [`syscall!`], which hides its `unsafe` block inside
+//! the macro: the block cannot know what the call needs (a writable buffer of
+//! the length passed, an fd that stays open, ...), so every use of the macro
+//! has its own `// SAFETY:` line on the line above it, as an explicit
+//! `unsafe` block would.
+//!
+//! Man pages: fcntl(2), pipe(2), fstat(2), read(2), write(2), poll(2).
 #![allow(unsafe_code)]
 
 pub mod process;
+mod sockaddr;
 pub mod socket;
 pub mod spawn;
 pub mod splice;
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 /// Calls a libc function and turns a `-1` result into `io::Error::last_os_error()`.
+///
+/// Each use carries a `// SAFETY:` line above it: what the call's arguments
+/// must be is the caller's to show, not the macro's.
 macro_rules! syscall {
     ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
-        // SAFETY: the caller upholds the function's contract; see each use.
+        // SAFETY: stated at each use of the macro, on the line above it.
         let res = unsafe { libc::$fn($($arg, )*) };
         if res == -1 {
             Err(std::io::Error::last_os_error())
@@ -26,9 +40,34 @@ macro_rules! syscall {
 }
 pub(crate) use syscall;
 
+/// Takes ownership of the two descriptors a `pipe2(2)` or `socketpair(2)`
+/// just returned in `fds`.
+///
+/// # Safety
+/// Both must be new descriptors that nothing else owns.
+unsafe fn owned_pair(fds: [libc::c_int; 2]) -> (OwnedFd, OwnedFd) {
+    // SAFETY: the caller passes two open descriptors that are ours alone.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// `pipe2(flags | O_CLOEXEC)`: a new pipe, as (read end, write end).
+fn pipe_with(flags: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
+    syscall!(pipe2(fds.as_mut_ptr(), flags | libc::O_CLOEXEC))?;
+    // SAFETY: pipe2 succeeded: two new descriptors that nothing else owns.
+    Ok(unsafe { owned_pair(fds) })
+}
+
+/// `pipe2(O_CLOEXEC)`: a new pipe, as (read end, write end), both blocking.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    pipe_with(0)
+}
+
 /// `fcntl(F_GETFD)`: whether `fd` is an open descriptor of this process.
 pub fn fd_is_open(fd: RawFd) -> bool {
-    // F_GETFD only reads the descriptor flags; any integer is a valid argument.
+    // SAFETY: F_GETFD only reads the descriptor flags; any integer is a
+    // valid argument (a closed one is EBADF).
     syscall!(fcntl(fd, libc::F_GETFD)).is_ok()
 }
 
@@ -42,40 +81,72 @@ pub fn take_inherited_fd(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// `fcntl(F_SETFD, FD_CLOEXEC)`: the fd is not inherited by children.
-pub fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFD))?;
-    if flags & libc::FD_CLOEXEC == 0 {
-        syscall!(fcntl(
-            fd.as_raw_fd(),
-            libc::F_SETFD,
-            flags | libc::FD_CLOEXEC
-        ))?;
+/// Which flags of a descriptor `update_flags` changes: those of the
+/// descriptor itself (`F_GETFD`/`F_SETFD`: `FD_CLOEXEC`) or those of its
+/// open file description (`F_GETFL`/`F_SETFL`: `O_NONBLOCK`, ...).
+#[derive(Clone, Copy)]
+enum Flags {
+    Fd,
+    Fl,
+}
+
+/// `fcntl(F_GETFD|F_GETFL)`, then `fcntl(F_SETFD|F_SETFL)` with
+/// `update(flags)`, only if that differs.
+fn update_flags(
+    fd: BorrowedFd<'_>,
+    which: Flags,
+    update: impl FnOnce(libc::c_int) -> libc::c_int,
+) -> io::Result<()> {
+    let (get, set) = match which {
+        Flags::Fd => (libc::F_GETFD, libc::F_SETFD),
+        Flags::Fl => (libc::F_GETFL, libc::F_SETFL),
+    };
+    // SAFETY: F_GETFD and F_GETFL take no argument and only read flags.
+    let flags = syscall!(fcntl(fd.as_raw_fd(), get))?;
+    let new = update(flags);
+    if new != flags {
+        // SAFETY: F_SETFD and F_SETFL take an int and change only flags of
+        // an fd that `fd` keeps open.
+        syscall!(fcntl(fd.as_raw_fd(), set, new))?;
     }
     Ok(())
+}
+
+/// `fcntl(F_SETFD, FD_CLOEXEC)`: the fd is not inherited by children.
+pub fn set_cloexec(fd: BorrowedFd<'_>) -> io::Result<()> {
+    update_flags(fd, Flags::Fd, |flags| flags | libc::FD_CLOEXEC)
 }
 
 /// `fcntl(F_SETFL)`: sets or clears `O_NONBLOCK` on the open file description.
 pub fn set_nonblocking(fd: BorrowedFd<'_>, nonblocking: bool) -> io::Result<()> {
-    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-    let new = if nonblocking {
-        flags | libc::O_NONBLOCK
-    } else {
-        flags & !libc::O_NONBLOCK
-    };
-    if new != flags {
-        syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, new))?;
-    }
-    Ok(())
+    update_flags(fd, Flags::Fl, |flags| {
+        if nonblocking {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        }
+    })
 }
 
-/// `pipe2(O_CLOEXEC)`: (read end, write end), both blocking.
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 returns.
-    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
-    // SAFETY: pipe2 returned two new descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+/// `poll(2)` of one descriptor for `events` (`POLLIN`, `POLLOUT`), at most
+/// `timeout` (`None`: without limit). Whether it became ready (or hung up,
+/// or failed: the next call on it says how); `Err(Interrupted)` on a signal.
+pub fn poll_one(
+    fd: BorrowedFd<'_>,
+    events: libc::c_short,
+    timeout: Option<Duration>,
+) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events,
+        revents: 0,
+    };
+    let timeout = timeout.map_or(-1, |t| {
+        libc::c_int::try_from(t.as_millis()).unwrap_or(libc::c_int::MAX)
+    });
+    // SAFETY: `pfd` is one valid, writable pollfd for the duration of the call.
+    let n = syscall!(poll(&mut pfd, 1, timeout))?;
+    Ok(n > 0)
 }
 
 /// What kind of file an fd refers to, from `fstat(2)`.
@@ -140,5 +211,47 @@ pub fn single_malloc_arena() {
     // process starts its second thread.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn fcntl_get(fd: BorrowedFd<'_>, get: libc::c_int) -> libc::c_int {
+        // SAFETY: F_GETFD and F_GETFL take no argument and only read flags.
+        syscall!(fcntl(fd.as_raw_fd(), get)).unwrap()
+    }
+
+    #[test]
+    fn flags_are_updated_and_kept() {
+        let (read, write) = pipe().unwrap();
+        assert_ne!(fcntl_get(read.as_fd(), libc::F_GETFD) & libc::FD_CLOEXEC, 0);
+        assert_eq!(fcntl_get(read.as_fd(), libc::F_GETFL) & libc::O_NONBLOCK, 0);
+        set_nonblocking(read.as_fd(), true).unwrap();
+        set_cloexec(read.as_fd()).unwrap();
+        let fl = fcntl_get(read.as_fd(), libc::F_GETFL);
+        assert_eq!(fl & (libc::O_NONBLOCK | libc::O_ACCMODE), libc::O_NONBLOCK);
+        assert_ne!(fcntl_get(read.as_fd(), libc::F_GETFD) & libc::FD_CLOEXEC, 0);
+        let mut buf = [0; 4];
+        assert_eq!(
+            super::read(read.as_fd(), &mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        set_nonblocking(read.as_fd(), false).unwrap();
+        assert_eq!(fcntl_get(read.as_fd(), libc::F_GETFL) & libc::O_NONBLOCK, 0);
+        drop(write);
+        assert_eq!(super::read(read.as_fd(), &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn poll_one_waits_for_readiness() {
+        let (read, write) = pipe().unwrap();
+        let zero = Some(Duration::ZERO);
+        assert!(!poll_one(read.as_fd(), libc::POLLIN, zero).unwrap());
+        assert!(poll_one(write.as_fd(), libc::POLLOUT, zero).unwrap());
+        assert_eq!(super::write(write.as_fd(), b"x").unwrap(), 1);
+        assert!(poll_one(read.as_fd(), libc::POLLIN, None).unwrap());
     }
 }

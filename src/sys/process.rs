@@ -1,7 +1,8 @@
-//! Process calls: reaping children, signals and their self-pipe.
+//! Process calls: reaping children (`waitpid(2)`), sending signals
+//! (`kill(2)`), and receiving them on a self-pipe (`sigaction(2)`).
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use super::syscall;
@@ -41,7 +42,7 @@ pub enum Exit {
 /// `None` when none has (or there are no children).
 pub fn try_wait_any() -> io::Result<Option<(Pid, Exit)>> {
     let mut status = 0;
-    // SAFETY: status is a writable int.
+    // SAFETY: `status` is a writable int.
     match syscall!(waitpid(-1, &mut status, libc::WNOHANG)) {
         Ok(0) => Ok(None),
         Ok(pid) => Ok(Some((Pid(pid), decode_status(status)))),
@@ -54,7 +55,7 @@ pub fn try_wait_any() -> io::Result<Option<(Pid, Exit)>> {
 pub fn wait(pid: Pid) -> io::Result<Exit> {
     let mut status = 0;
     loop {
-        // SAFETY: status is a writable int.
+        // SAFETY: `status` is a writable int.
         match syscall!(waitpid(pid.0, &mut status, 0)) {
             Ok(_) => return Ok(decode_status(status)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -73,7 +74,7 @@ fn decode_status(status: i32) -> Exit {
 
 /// `kill(2)`.
 pub fn kill(pid: Pid, signal: i32) -> io::Result<()> {
-    // SAFETY: kill takes plain integers.
+    // SAFETY: kill takes plain integers and touches no memory of ours.
     syscall!(kill(pid.0, signal)).map(drop)
 }
 
@@ -111,24 +112,31 @@ pub struct SignalPipe {
 }
 
 impl SignalPipe {
-    /// Installs the handler for `signals`; one SignalPipe per process.
+    /// Installs the handler for `signals` (`sigaction(2)`), which writes to
+    /// a new non-blocking `pipe2(2)`. One SignalPipe per process: a second
+    /// one is `Err(AlreadyExists)`, and changes nothing.
     pub fn new(signals: &[i32]) -> io::Result<Self> {
-        let mut fds = [0; 2];
-        // SAFETY: fds has room for the two descriptors pipe2 returns.
-        syscall!(pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC))?;
-        // SAFETY: pipe2 returned two new descriptors that nothing else owns.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let previous = SIGNAL_PIPE.swap(write.into_raw_fd(), Ordering::Relaxed);
-        assert_eq!(previous, -1, "one SignalPipe per process");
+        let (read, write) = super::pipe_with(libc::O_NONBLOCK)?;
+        SIGNAL_PIPE
+            .compare_exchange(-1, write.as_raw_fd(), Ordering::Relaxed, Ordering::Relaxed)
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "signals already go to another pipe in this process",
+                )
+            })?;
+        // The handler writes to it for the rest of the process's life.
+        let _ = write.into_raw_fd();
         for &signal in signals {
             // SAFETY: an all-zero sigaction is a valid value; fields are set below.
             let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
             action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
             // SA_NOCLDSTOP: a child that stops has not ended.
             action.sa_flags = libc::SA_RESTART | libc::SA_NOCLDSTOP;
-            // SAFETY: sa_mask is a sigset_t inside action.
+            // SAFETY: sa_mask is a writable sigset_t inside `action`.
             syscall!(sigemptyset(&mut action.sa_mask))?;
-            // SAFETY: action is initialized; a null old-action pointer is allowed.
+            // SAFETY: `action` is initialized and its handler is
+            // async-signal-safe; a null old-action pointer is allowed.
             syscall!(sigaction(signal, &action, std::ptr::null_mut()))?;
         }
         Ok(SignalPipe { read })
@@ -144,6 +152,7 @@ impl SignalPipe {
         }
     }
 
+    /// The read end, to register with the event loop.
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.read.as_fd()
     }
@@ -173,5 +182,19 @@ pub fn signal_name(signal: i32) -> &'static str {
         libc::SIGUSR1 => "SIGUSR1",
         libc::SIGUSR2 => "SIGUSR2",
         _ => "signal",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_signal_pipe_is_an_error() {
+        // No signals: the test process keeps its dispositions. Whichever
+        // test makes the first pipe, a second one is refused.
+        let _first = SignalPipe::new(&[]);
+        let second = SignalPipe::new(&[]).err().expect("a second SignalPipe");
+        assert_eq!(second.kind(), io::ErrorKind::AlreadyExists);
     }
 }

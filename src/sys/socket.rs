@@ -1,124 +1,89 @@
 //! Socket calls: inspecting passed sockets, accepting, naming addresses, and
 //! TCP connections from a chosen source address (bind before connect).
+//!
+//! Man pages: socket(7), unix(7), ip(7), tcp(7), getsockopt(2), accept(2).
 
-use std::fmt;
 use std::io;
 use std::mem::{MaybeUninit, size_of};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use super::process::Pid;
+pub use super::sockaddr::SockAddr;
+use super::sockaddr::decode;
 use super::syscall;
 
-/// A socket address of any family we serve, for logs and messages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SockAddr {
-    Inet(SocketAddr),
-    /// A Unix socket path.
-    UnixPath(Box<str>),
-    /// A Unix socket in the abstract namespace, shown as `@name`.
-    UnixAbstract(Box<str>),
-    /// An unnamed Unix socket (most clients).
-    UnixUnnamed,
-    Vsock {
-        cid: u32,
-        port: u32,
-    },
-    Other(libc::sa_family_t),
-}
-
-impl fmt::Display for SockAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SockAddr::Inet(a) => a.fmt(f),
-            SockAddr::UnixPath(p) => f.write_str(p),
-            SockAddr::UnixAbstract(p) => write!(f, "@{p}"),
-            SockAddr::UnixUnnamed => f.write_str("unix"),
-            SockAddr::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
-            SockAddr::Other(family) => write!(f, "address family {family}"),
-        }
-    }
-}
-
-/// Decodes the first `len` bytes of `storage` as a socket address.
-fn decode(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> SockAddr {
-    let len = len as usize;
-    let ptr: *const libc::sockaddr_storage = storage;
-    match storage.ss_family as libc::c_int {
-        libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
-            // SAFETY: the kernel wrote an AF_INET address of at least this
-            // size; sockaddr_storage is aligned for every sockaddr type.
-            let sin = unsafe { &*ptr.cast::<libc::sockaddr_in>() };
-            SockAddr::Inet(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if len >= size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: as above, for AF_INET6.
-            let sin6 = unsafe { &*ptr.cast::<libc::sockaddr_in6>() };
-            SockAddr::Inet(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                u32::from_be(sin6.sin6_flowinfo),
-                sin6.sin6_scope_id,
-            )))
-        }
-        libc::AF_UNIX => {
-            // SAFETY: as above, for AF_UNIX (any length up to the struct).
-            let sun = unsafe { &*ptr.cast::<libc::sockaddr_un>() };
-            let offset = size_of::<libc::sa_family_t>();
-            let path_len = len.saturating_sub(offset).min(sun.sun_path.len());
-            let path: Vec<u8> = sun.sun_path[..path_len].iter().map(|&c| c as u8).collect();
-            match path.split_first() {
-                None => SockAddr::UnixUnnamed,
-                Some((0, name)) => {
-                    SockAddr::UnixAbstract(String::from_utf8_lossy(name).into_owned().into())
-                }
-                Some(_) => {
-                    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-                    SockAddr::UnixPath(String::from_utf8_lossy(&path[..end]).into_owned().into())
-                }
-            }
-        }
-        libc::AF_VSOCK if len >= size_of::<libc::sockaddr_vm>() => {
-            // SAFETY: as above, for AF_VSOCK.
-            let svm = unsafe { &*ptr.cast::<libc::sockaddr_vm>() };
-            SockAddr::Vsock {
-                cid: svm.svm_cid,
-                port: svm.svm_port,
-            }
-        }
-        family => SockAddr::Other(family as libc::sa_family_t),
-    }
+/// Fills a zeroed `sockaddr_storage` with `fill` (`getsockname(2)`,
+/// `getpeername(2)`, `accept4(2)`: each takes a pointer to the address and
+/// one to its length, and writes both), then decodes it.
+fn with_sockaddr<R>(
+    fill: impl FnOnce(*mut libc::sockaddr, *mut libc::socklen_t) -> io::Result<R>,
+) -> io::Result<(R, SockAddr)> {
+    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let result = fill(storage.as_mut_ptr().cast(), &mut len)?;
+    // SAFETY: all zeroes is a valid sockaddr_storage, and the kernel wrote
+    // an address of `len` bytes (cut to the storage's size) into it.
+    let addr = decode(unsafe { storage.assume_init_ref() }, len);
+    Ok((result, addr))
 }
 
 /// `getsockname(2)`: the local address of a socket.
 pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage and len describe a writable buffer of that size.
-    syscall!(getsockname(
-        fd.as_raw_fd(),
-        storage.as_mut_ptr().cast(),
-        &mut len
-    ))?;
-    // SAFETY: zeroed is a valid sockaddr_storage; the kernel wrote `len` bytes.
-    Ok(decode(unsafe { storage.assume_init_ref() }, len))
+    let (_, addr) = with_sockaddr(|addr, len| {
+        // SAFETY: `addr` and `len` describe a writable sockaddr_storage.
+        syscall!(getsockname(fd.as_raw_fd(), addr, len))
+    })?;
+    Ok(addr)
 }
 
-fn sockopt_int(fd: BorrowedFd<'_>, level: libc::c_int, name: libc::c_int) -> io::Result<i32> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: value and len describe a writable c_int.
+/// A plain C value that `getsockopt(2)` may write and `setsockopt(2)` read.
+///
+/// # Safety
+/// Every bit pattern of its size, all zeroes included, is a valid value.
+unsafe trait SockOptValue: Copy {}
+// SAFETY: an integer: any bits are a valid value.
+unsafe impl SockOptValue for libc::c_int {}
+// SAFETY: three integers (pid, uid, gid): any bits are a valid value.
+unsafe impl SockOptValue for libc::ucred {}
+
+/// `getsockopt(2)` of an option whose value is a `T`.
+fn getsockopt<T: SockOptValue>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<T> {
+    let mut value = MaybeUninit::<T>::zeroed();
+    let mut len = size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` and `len` describe a writable T.
     syscall!(getsockopt(
         fd.as_raw_fd(),
         level,
         name,
-        (&mut value as *mut libc::c_int).cast(),
+        value.as_mut_ptr().cast(),
         &mut len
     ))?;
-    Ok(value)
+    // SAFETY: zeroed, then (partly) written by the kernel: any bytes are a
+    // valid T (SockOptValue).
+    Ok(unsafe { value.assume_init() })
+}
+
+/// `setsockopt(2)` of an option whose value is a `T`.
+fn setsockopt<T: SockOptValue>(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: T,
+) -> io::Result<()> {
+    // SAFETY: `value` is a readable T of the size given.
+    syscall!(setsockopt(
+        fd.as_raw_fd(),
+        level,
+        name,
+        (&value as *const T).cast(),
+        size_of::<T>() as libc::socklen_t
+    ))
+    .map(drop)
 }
 
 /// What `getsockopt(2)` says about a passed socket.
@@ -135,28 +100,21 @@ pub struct SocketInfo {
 /// `getsockopt(SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN)`.
 pub fn socket_info(fd: BorrowedFd<'_>) -> io::Result<SocketInfo> {
     Ok(SocketInfo {
-        domain: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
-        kind: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
-        listening: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0,
+        domain: getsockopt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN)?,
+        kind: getsockopt(fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
+        listening: getsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN)? != 0,
     })
 }
 
 /// `accept4(SOCK_CLOEXEC)`: a new connection, blocking (children get it as
 /// stdio), never inherited by anyone but the child it is given to.
 pub fn accept(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, SockAddr)> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage and len describe a writable buffer of that size.
-    let fd = syscall!(accept4(
-        listener.as_raw_fd(),
-        storage.as_mut_ptr().cast(),
-        &mut len,
-        libc::SOCK_CLOEXEC
-    ))?;
+    let (fd, addr) = with_sockaddr(|addr, len| {
+        // SAFETY: `addr` and `len` describe a writable sockaddr_storage.
+        syscall!(accept4(listener.as_raw_fd(), addr, len, libc::SOCK_CLOEXEC))
+    })?;
     // SAFETY: accept4 returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: zeroed is a valid sockaddr_storage; the kernel wrote `len` bytes.
-    Ok((fd, decode(unsafe { storage.assume_init_ref() }, len)))
+    Ok((unsafe { OwnedFd::from_raw_fd(fd) }, addr))
 }
 
 /// The process at the other end of a Unix socket (`SO_PEERCRED`).
@@ -168,34 +126,16 @@ pub struct PeerCred {
 
 /// `getpeername(2)`: the remote address of a connected socket.
 pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<SockAddr> {
-    let mut storage = MaybeUninit::<libc::sockaddr_storage>::zeroed();
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: storage and len describe a writable buffer of that size.
-    syscall!(getpeername(
-        fd.as_raw_fd(),
-        storage.as_mut_ptr().cast(),
-        &mut len
-    ))?;
-    // SAFETY: zeroed is a valid sockaddr_storage; the kernel wrote `len` bytes.
-    Ok(decode(unsafe { storage.assume_init_ref() }, len))
+    let (_, addr) = with_sockaddr(|addr, len| {
+        // SAFETY: `addr` and `len` describe a writable sockaddr_storage.
+        syscall!(getpeername(fd.as_raw_fd(), addr, len))
+    })?;
+    Ok(addr)
 }
 
 /// `getsockopt(SO_PEERCRED)`.
 pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len describe a writable ucred.
-    syscall!(getsockopt(
-        fd.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_PEERCRED,
-        (&mut cred as *mut libc::ucred).cast(),
-        &mut len
-    ))?;
+    let cred: libc::ucred = getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED)?;
     Ok(PeerCred {
         pid: Pid::from_raw(cred.pid),
         uid: cred.uid,
@@ -207,25 +147,17 @@ pub fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<PeerCred> {
 /// `SO_PASSCRED`, so that every read tells which process wrote what it
 /// returns (see `recv_from_process`); theirs stays blocking, as a stderr is.
 pub fn stderr_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors socketpair returns.
+    let mut fds = [-1; 2];
+    // SAFETY: `fds` is a writable array of two ints, as socketpair requires.
     syscall!(socketpair(
         libc::AF_UNIX,
         libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
         0,
         fds.as_mut_ptr()
     ))?;
-    // SAFETY: socketpair returned two new descriptors that nothing else owns.
-    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    let on: libc::c_int = 1;
-    // SAFETY: `on` is a readable int of the size given.
-    syscall!(setsockopt(
-        ours.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_PASSCRED,
-        (&on as *const libc::c_int).cast(),
-        size_of::<libc::c_int>() as libc::socklen_t
-    ))?;
+    // SAFETY: socketpair succeeded: two new descriptors that nothing else owns.
+    let (ours, theirs) = unsafe { super::owned_pair(fds) };
+    setsockopt::<libc::c_int>(ours.as_fd(), libc::SOL_SOCKET, libc::SO_PASSCRED, 1)?;
     super::set_nonblocking(ours.as_fd(), true)?;
     // Nothing flows towards the children: a read of their stderr sees EOF.
     shutdown(ours.as_fd(), std::net::Shutdown::Write)?;
@@ -300,9 +232,11 @@ pub fn shutdown(fd: BorrowedFd<'_>, how: std::net::Shutdown) -> io::Result<()> {
         std::net::Shutdown::Write => libc::SHUT_WR,
         std::net::Shutdown::Both => libc::SHUT_RDWR,
     };
+    // SAFETY: shutdown takes plain integers and touches no memory of ours.
     syscall!(shutdown(fd.as_raw_fd(), how)).map(drop)
 }
 
+/// An IPv4 address as `bind(2)` and `connect(2)` take it.
 fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -316,6 +250,7 @@ fn sockaddr_v4(addr: SocketAddrV4) -> libc::sockaddr_in {
 
 /// `socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC)`: a new, blocking TCP socket.
 pub fn tcp_v4() -> io::Result<OwnedFd> {
+    // SAFETY: socket takes plain integers and touches no memory of ours.
     let fd = syscall!(socket(
         libc::AF_INET,
         libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
@@ -325,28 +260,11 @@ pub fn tcp_v4() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn set_sockopt_int(
-    fd: BorrowedFd<'_>,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the option value is a readable c_int of the size given.
-    syscall!(setsockopt(
-        fd.as_raw_fd(),
-        level,
-        name,
-        (&value as *const libc::c_int).cast(),
-        size_of::<libc::c_int>() as libc::socklen_t
-    ))
-    .map(drop)
-}
-
 /// `bind(2)` of a TCP socket to `local` with port 0, the port chosen by
 /// the following `connect(2)` (`IP_BIND_ADDRESS_NO_PORT`, so that only the
 /// whole four-tuple must be unique, not the source port).
 pub fn bind_v4_for_connect(fd: BorrowedFd<'_>, local: Ipv4Addr) -> io::Result<()> {
-    set_sockopt_int(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
+    setsockopt::<libc::c_int>(fd, libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT, 1)?;
     let sin = sockaddr_v4(SocketAddrV4::new(local, 0));
     // SAFETY: `sin` is a valid sockaddr_in of the length given.
     syscall!(bind(
@@ -374,22 +292,17 @@ pub fn connect_v4(fd: BorrowedFd<'_>, remote: SocketAddrV4) -> io::Result<()> {
     }
 }
 
-/// Waits (`poll(2)`) for an interrupted connect to finish and returns its result.
+/// Waits (`poll(2)`) for an interrupted connect to finish and returns its
+/// result (`getsockopt(SO_ERROR)`).
 fn wait_connected(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
     loop {
-        // SAFETY: `pfd` is one valid pollfd.
-        match syscall!(poll(&mut pfd, 1, -1)) {
+        match super::poll_one(fd, libc::POLLOUT, None) {
             Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
-    match sockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
+    match getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
         0 => Ok(()),
         err => Err(io::Error::from_raw_os_error(err)),
     }
@@ -398,7 +311,7 @@ fn wait_connected(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// `setsockopt(TCP_NODELAY)`: send each write at once instead of waiting
 /// to fill a segment (Nagle's algorithm).
 pub fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
-    set_sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+    setsockopt::<libc::c_int>(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
 #[cfg(test)]

@@ -58,10 +58,10 @@ impl Program {
         })
     }
 
-    /// Starts the program with `stdio` as its stdin and stdout, `stderr` as
-    /// its stderr, this process's environment, an empty signal mask and
-    /// SIGPIPE at its default action;
-    /// returns its pid. Every other descriptor of ours is close-on-exec.
+    /// `posix_spawn(3)`: starts the program with `stdio` as its stdin and
+    /// stdout, `stderr` as its stderr, this process's environment, an empty
+    /// signal mask and SIGPIPE at its default action; returns its pid. Every
+    /// other descriptor of ours is close-on-exec.
     ///
     /// Both descriptors must be above 2 (`InvalidInput` otherwise): a dup2
     /// onto fd 0 or 1 would replace one still to be copied. Ours always are,
