@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::{fs, thread};
 
-use common::user_manager::UserManager;
+use common::user_manager::{Setup, UserManager};
 use common::{DEADLINE as WAIT, TempDir, World, make_install};
 use qrexec_connect::stdin_socket;
 
@@ -53,6 +53,12 @@ struct Lab {
 
 impl Lab {
     fn start() -> Option<Lab> {
+        Lab::start_with(|_, setup| setup)
+    }
+
+    /// A lab whose manager is set up further by `more`, given the staging
+    /// directory (which lives as long as the lab).
+    fn start_with(more: impl FnOnce(&Path, Setup) -> Setup) -> Option<Lab> {
         let stage = TempDir::new("stage");
         make_install(stage.path());
         let world = World::new();
@@ -63,11 +69,23 @@ impl Lab {
         for (key, value) in world.env_for_other_user() {
             setup = setup.env(&key, value);
         }
-        let manager = setup.start()?;
+        let manager = more(stage.path(), setup).start()?;
         // The stand-in, run by the user's services, records its calls in
         // the world.
         let user = manager.user();
         chown(world.root(), Some(user.uid), Some(user.gid)).unwrap();
+        // The test home is under /tmp, which the services' PrivateTmp= hides;
+        // a real one (/home/user) they see read-only (ProtectHome=), and the
+        // client applets read their socket unit's drop-ins there.
+        let home = manager.outside("/run/systemd/user/qrexec-.service.d/50-test-home.conf");
+        fs::write(
+            home,
+            format!(
+                "[Service]\nBindReadOnlyPaths={}\n",
+                manager.home().display()
+            ),
+        )
+        .unwrap();
         Some(Lab {
             manager,
             world,
@@ -153,6 +171,27 @@ impl Lab {
         let (first, second) = (loopback(), loopback());
         self.listen("qrexec-connect-tcp@1234", "gitweb", first, 1234);
         (backends, first, second)
+    }
+
+    /// Asserts that a connection to `addr` reaches `qube`'s backend, and
+    /// that qrexec-client-vm was called once for it, with the target `qube`.
+    fn assert_routed(&self, addr: SocketAddr, qube: &str) {
+        let targets = || -> Vec<String> {
+            self.world
+                .calls()
+                .iter()
+                .filter_map(|r| r.target_raw())
+                .collect()
+        };
+        let before = targets();
+        assert_reaches(addr, qube);
+        let mut new = targets();
+        for old in before {
+            if let Some(i) = new.iter().position(|t| *t == old) {
+                new.swap_remove(i);
+            }
+        }
+        assert_eq!(new, [qube], "the calls made for {addr}");
     }
 
     fn reload(&self) {
@@ -425,23 +464,65 @@ fn same_port_to_two_qubes_through_a_second_socket() {
     assert!(row(second, "work-1234.socket"), "{listening}");
 }
 
-/// Seed 000's flaw, pinned: two drop-ins in one instance directory make one
-/// socket unit with two addresses and one FileDescriptorName (the last
-/// drop-in's), so both addresses reach the same qube.
+/// Seed 000 verbatim: `gitweb.conf` forwards 127.0.0.1:1234 to `gitweb`;
+/// then, with the socket listening and its service running, `work.conf` in
+/// the same instance directory adds 127.0.0.2:1234 for `work`, and the
+/// README's commands (daemon-reload, restart the socket) bring it in.
+/// systemd still gives the unit one FileDescriptorName, the last drop-in's,
+/// and passes it for both sockets; each address reaches its own qube, named
+/// by the drop-in that declares it.
 #[test]
-fn two_drop_ins_in_one_instance_share_one_name() {
+fn seed_000_two_drop_ins_two_qubes() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let (_backends, first, second) = lab.gitweb_and_work_on_1234();
-    lab.listen("qrexec-connect-tcp@1234", "work", second, 1234);
-    lab.reload();
-    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
-    assert_eq!(
-        m.property("qrexec-connect-tcp@1234.socket", "FileDescriptorName"),
-        "work"
+    let (_gitweb, _work) = (lab.backend("gitweb"), lab.backend("work"));
+    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
+    let unit = "qrexec-connect-tcp@1234.socket";
+    let service = "qrexec-connect-tcp@1234.service";
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
+        "[Socket]\nListenStream=127.0.0.1:1234\nFileDescriptorName=gitweb\n",
     );
-    assert_reaches(socket_addr(first, 1234), "work");
-    assert_reaches(socket_addr(second, 1234), "work");
+    lab.reload();
+    m.systemctl_ok(&["enable", "--now", unit]);
+    let (first, second) = (
+        socket_addr(Ipv4Addr::new(127, 0, 0, 1), 1234),
+        socket_addr(Ipv4Addr::new(127, 0, 0, 2), 1234),
+    );
+    lab.assert_routed(first, "gitweb");
+    assert_eq!(m.is_active(service), "active");
+
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/work.conf",
+        "[Socket]\nListenStream=127.0.0.2:1234\nFileDescriptorName=work\n",
+    );
+    lab.reload();
+    // A restart of the socket alone is refused while its service runs
+    // ("Socket service ... already active, refusing"): both stop, in one
+    // transaction (the service first, draining), then the socket starts.
+    m.systemctl_ok(&["stop", unit, service]);
+    m.systemctl_ok(&["start", unit]);
+    assert_eq!(m.property(unit, "FileDescriptorName"), "work");
+    let listening = m.systemctl_ok(&["list-sockets", "--no-legend"]);
+    for addr in [first, second] {
+        assert!(
+            listening
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == [&addr.to_string(), unit, service]),
+            "{listening}"
+        );
+    }
+    lab.assert_routed(second, "work");
+    lab.assert_routed(first, "gitweb");
+    lab.assert_routed(second, "work");
+    let log = lab.log(service);
+    for line in [
+        "127.0.0.1:1234 -> gitweb qubes.ConnectTCP+1234 (drop-in gitweb.conf)",
+        "127.0.0.2:1234 -> work qubes.ConnectTCP+1234 (drop-in work.conf)",
+    ] {
+        assert!(log.contains(line), "{line:?} missing:\n{log}");
+    }
 }
 
 /// Seed 001's one-service form: any `qrexec-connect-NAME.socket` whose
