@@ -412,9 +412,8 @@ fn bad_file_descriptor_name_fails_with_the_reason() {
     assert_eq!(lines, journal.matches(&reason).count(), "{journal}");
 }
 
-/// The same port to a second qube, the working way: a second socket unit
-/// with `Service=qrexec-connect-tcp@1234.service` (two drop-ins in one
-/// instance directory would give both addresses the last name). Each address
+/// The same port to a second qube, the other way (no file reading): a
+/// second socket unit with `Service=qrexec-connect-tcp@1234.service`. Each address
 /// reaches its own qube, through one service that holds both sockets.
 #[test]
 fn same_port_to_two_qubes_through_a_second_socket() {
