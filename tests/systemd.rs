@@ -694,6 +694,43 @@ fn an_unnamed_drop_in_beside_a_named_one_is_refused() {
     let _ = first;
 }
 
+/// Two drop-ins of one instance, and a service that cannot see the home
+/// where they are (here the lab's view of it taken away again, as
+/// ProtectHome=tmpfs would hide a real one): it cannot tell the sockets
+/// apart, so it refuses to start rather than send both to the last name.
+#[test]
+fn drop_ins_hidden_from_the_service_are_refused() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let (_backends, first, second) = lab.gitweb_and_work_on_1234();
+    lab.listen("qrexec-connect-tcp@1234", "work", second, 1234);
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.service.d/zz-hide.conf",
+        "[Service]\nBindReadOnlyPaths=\n",
+    );
+    lab.reload();
+    let service = "qrexec-connect-tcp@1234.service";
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let answer = TcpStream::connect(socket_addr(first, 1234)).and_then(|mut s| {
+        s.set_read_timeout(Some(WAIT))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map(|_| buf)
+    });
+    assert!(answer.as_ref().map_or(true, Vec::is_empty), "{answer:?}");
+    m.wait_until("the service has failed", WAIT, || {
+        m.is_active(service) == "failed"
+    });
+    assert_eq!(m.property(service, "ExecMainStatus"), "2");
+    let reason = format!(
+        "qrexec-connect-tcp@1234.socket: sockets arrived under one name and their drop-ins \
+         cannot be read: the home {} is hidden from the service (ProtectHome=?)",
+        m.home().display()
+    );
+    let log = lab.log(service);
+    assert!(log.contains(&reason), "{reason:?} missing:\n{log}");
+    assert!(lab.world.calls().is_empty(), "nothing is called");
+}
+
 /// The drop-ins are read only when systemd passed two sockets under one
 /// name: with names of their own (the second-socket-unit form) the service
 /// opens no drop-in directory, which its trace shows (strace, with the

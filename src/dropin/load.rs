@@ -165,6 +165,16 @@ pub fn resolve_names(passed: &[Passed]) -> Result<Vec<Option<Resolved>>> {
             .and_then(|p| passwd_name(&p, uid)),
         uid,
     };
+    // A home hidden from the service (ProtectHome=tmpfs) would look like
+    // one without drop-ins, and the sockets would keep the one name.
+    if let Some(home) = &values.home
+        && std::fs::metadata(home).is_err()
+    {
+        return Err(Error::Usage(format!(
+            "{unit}: sockets arrived under one name and their drop-ins cannot be read: \
+             the home {home} is hidden from the service (ProtectHome=?)"
+        )));
+    }
     let sources = load_sources(&unit, &env, &values)?;
     let fds: Vec<(SockAddr, Option<String>)> = passed
         .iter()
