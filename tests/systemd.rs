@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::{fs, thread};
 
-use common::user_manager::UserManager;
+use common::user_manager::{Setup, UserManager};
 use common::{DEADLINE as WAIT, TempDir, World, make_install};
 use qrexec_connect::stdin_socket;
 
@@ -53,6 +53,12 @@ struct Lab {
 
 impl Lab {
     fn start() -> Option<Lab> {
+        Lab::start_with(|_, setup| setup)
+    }
+
+    /// A lab whose manager is set up further by `more`, given the staging
+    /// directory (which lives as long as the lab).
+    fn start_with(more: impl FnOnce(&Path, Setup) -> Setup) -> Option<Lab> {
         let stage = TempDir::new("stage");
         make_install(stage.path());
         let world = World::new();
@@ -63,11 +69,23 @@ impl Lab {
         for (key, value) in world.env_for_other_user() {
             setup = setup.env(&key, value);
         }
-        let manager = setup.start()?;
+        let manager = more(stage.path(), setup).start()?;
         // The stand-in, run by the user's services, records its calls in
         // the world.
         let user = manager.user();
         chown(world.root(), Some(user.uid), Some(user.gid)).unwrap();
+        // The test home is under /tmp, which the services' PrivateTmp= hides;
+        // a real one (/home/user) they see read-only (ProtectHome=), and the
+        // client applets read their socket unit's drop-ins there.
+        let home = manager.outside("/run/systemd/user/qrexec-.service.d/50-test-home.conf");
+        fs::write(
+            home,
+            format!(
+                "[Service]\nBindReadOnlyPaths={}\n",
+                manager.home().display()
+            ),
+        )
+        .unwrap();
         Some(Lab {
             manager,
             world,
@@ -153,6 +171,27 @@ impl Lab {
         let (first, second) = (loopback(), loopback());
         self.listen("qrexec-connect-tcp@1234", "gitweb", first, 1234);
         (backends, first, second)
+    }
+
+    /// Asserts that a connection to `addr` reaches `qube`'s backend, and
+    /// that qrexec-client-vm was called once for it, with the target `qube`.
+    fn assert_routed(&self, addr: SocketAddr, qube: &str) {
+        let targets = || -> Vec<String> {
+            self.world
+                .calls()
+                .iter()
+                .filter_map(|r| r.target_raw())
+                .collect()
+        };
+        let before = targets();
+        assert_reaches(addr, qube);
+        let mut new = targets();
+        for old in before {
+            if let Some(i) = new.iter().position(|t| *t == old) {
+                new.swap_remove(i);
+            }
+        }
+        assert_eq!(new, [qube], "the calls made for {addr}");
     }
 
     fn reload(&self) {
@@ -373,9 +412,8 @@ fn bad_file_descriptor_name_fails_with_the_reason() {
     assert_eq!(lines, journal.matches(&reason).count(), "{journal}");
 }
 
-/// The same port to a second qube, the working way: a second socket unit
-/// with `Service=qrexec-connect-tcp@1234.service` (two drop-ins in one
-/// instance directory would give both addresses the last name). Each address
+/// The same port to a second qube, the other way (no file reading): a
+/// second socket unit with `Service=qrexec-connect-tcp@1234.service`. Each address
 /// reaches its own qube, through one service that holds both sockets.
 #[test]
 fn same_port_to_two_qubes_through_a_second_socket() {
@@ -425,23 +463,332 @@ fn same_port_to_two_qubes_through_a_second_socket() {
     assert!(row(second, "work-1234.socket"), "{listening}");
 }
 
-/// Seed 000's flaw, pinned: two drop-ins in one instance directory make one
-/// socket unit with two addresses and one FileDescriptorName (the last
-/// drop-in's), so both addresses reach the same qube.
+/// Seed 000 verbatim: `gitweb.conf` forwards 127.0.0.1:1234 to `gitweb`;
+/// then, with the socket listening and its service running, `work.conf` in
+/// the same instance directory adds 127.0.0.2:1234 for `work`, and the
+/// README's commands (daemon-reload, restart the socket) bring it in.
+/// systemd still gives the unit one FileDescriptorName, the last drop-in's,
+/// and passes it for both sockets; each address reaches its own qube, named
+/// by the drop-in that declares it.
 #[test]
-fn two_drop_ins_in_one_instance_share_one_name() {
+fn seed_000_two_drop_ins_two_qubes() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let (_gitweb, _work) = (lab.backend("gitweb"), lab.backend("work"));
+    lab.policy_examples(&["30-qrexec-connect-tcp.policy"]);
+    let unit = "qrexec-connect-tcp@1234.socket";
+    let service = "qrexec-connect-tcp@1234.service";
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/gitweb.conf",
+        "[Socket]\nListenStream=127.0.0.1:1234\nFileDescriptorName=gitweb\n",
+    );
+    lab.reload();
+    m.systemctl_ok(&["enable", "--now", unit]);
+    let (first, second) = (
+        socket_addr(Ipv4Addr::new(127, 0, 0, 1), 1234),
+        socket_addr(Ipv4Addr::new(127, 0, 0, 2), 1234),
+    );
+    lab.assert_routed(first, "gitweb");
+    assert_eq!(m.is_active(service), "active");
+
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/work.conf",
+        "[Socket]\nListenStream=127.0.0.2:1234\nFileDescriptorName=work\n",
+    );
+    lab.reload();
+    // A restart of the socket alone is refused while its service runs
+    // ("Socket service ... already active, refusing"): both stop, in one
+    // transaction (the service first, draining), then the socket starts.
+    m.systemctl_ok(&["stop", unit, service]);
+    m.systemctl_ok(&["start", unit]);
+    assert_eq!(m.property(unit, "FileDescriptorName"), "work");
+    let listening = m.systemctl_ok(&["list-sockets", "--no-legend"]);
+    for addr in [first, second] {
+        assert!(
+            listening
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == [&addr.to_string(), unit, service]),
+            "{listening}"
+        );
+    }
+    lab.assert_routed(second, "work");
+    lab.assert_routed(first, "gitweb");
+    lab.assert_routed(second, "work");
+    let log = lab.log(service);
+    for line in [
+        "127.0.0.1:1234 -> gitweb qubes.ConnectTCP+1234 (drop-in gitweb.conf)",
+        "127.0.0.2:1234 -> work qubes.ConnectTCP+1234 (drop-in work.conf)",
+    ] {
+        assert!(log.contains(line), "{line:?} missing:\n{log}");
+    }
+}
+
+/// Three drop-ins of one instance, three qubes: each address reaches the
+/// qube its own drop-in names.
+#[test]
+fn three_drop_ins_three_qubes() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let qubes = ["gitweb", "personal", "work"];
+    let _backends = qubes.map(|q| lab.backend(q));
+    let policy: String = qubes
+        .iter()
+        .map(|q| format!("qubes.ConnectTCP +1234 {CLIENT} {q} allow\n"))
+        .collect();
+    lab.policy(&policy);
+    let ips = qubes.map(|_| loopback());
+    for (qube, ip) in qubes.iter().zip(ips) {
+        lab.listen("qrexec-connect-tcp@1234", qube, ip, 1234);
+    }
+    lab.reload();
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    for (qube, ip) in qubes.iter().zip(ips).rev() {
+        lab.assert_routed(socket_addr(ip, 1234), qube);
+    }
+    let log = lab.log("qrexec-connect-tcp@1234.service");
+    for (qube, ip) in qubes.iter().zip(ips) {
+        let line = format!("{ip}:1234 -> {qube} qubes.ConnectTCP+1234 (drop-in {qube}.conf)");
+        assert!(log.contains(&line), "{line:?} missing:\n{log}");
+    }
+}
+
+/// A port of [::1] no other test of this process uses.
+fn v6_port() -> u16 {
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNT.fetch_add(1, Ordering::Relaxed) as u32;
+    (20000 + (std::process::id() * 7 + n) % 10000) as u16
+}
+
+/// One drop-in with a v4 and a v6 address for one qube, beside another
+/// drop-in: both of its addresses reach its qube.
+#[test]
+fn v4_and_v6_in_one_drop_in() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let (_backends, first, second) = lab.gitweb_and_work_on_1234();
+    let port = v6_port();
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/work.conf",
+        &format!(
+            "[Socket]\nListenStream={second}:1234\nListenStream=[::1]:{port}\n\
+             FileDescriptorName=work\n"
+        ),
+    );
+    lab.reload();
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    lab.assert_routed(v6, "work");
+    lab.assert_routed(socket_addr(first, 1234), "gitweb");
+    lab.assert_routed(socket_addr(second, 1234), "work");
+    let log = lab.log("qrexec-connect-tcp@1234.service");
+    let line = format!("[::1]:{port} -> work qubes.ConnectTCP+1234 (drop-in work.conf)");
+    assert!(log.contains(&line), "{line:?} missing:\n{log}");
+}
+
+/// A drop-in in /etc/systemd/user (here a directory bind-mounted there in
+/// the manager's namespace) is masked by one of the same name in
+/// ~/.config, as systemd masks it; one of another name there applies.
+#[test]
+fn a_drop_in_in_etc_masked_by_one_in_the_home() {
+    let etc = |stage: &Path| stage.join("etc-systemd-user");
+    let Some(lab) = Lab::start_with(|stage, setup| {
+        fs::create_dir_all(etc(stage)).unwrap();
+        setup.bind(etc(stage), "/etc/systemd/user")
+    }) else {
+        return;
+    };
+    let m = &lab.manager;
+    let (_backends, first, second) = lab.gitweb_and_work_on_1234();
+    let _personal = lab.backend("personal");
+    lab.policy(&format!(
+        "{}qubes.ConnectTCP +1234 {CLIENT} personal allow\n",
+        fs::read_to_string(Path::new(REPO).join("policy-examples/30-qrexec-connect-tcp.policy"))
+            .unwrap()
+    ));
+    let third = loopback();
+    lab.listen("qrexec-connect-tcp@1234", "work", second, 1234);
+    let dir = etc(lab.stage.path()).join("qrexec-connect-tcp@1234.socket.d");
+    fs::create_dir_all(&dir).unwrap();
+    // Masked: were it read, `second` would be declared twice, or go to vault.
+    fs::write(
+        dir.join("work.conf"),
+        format!("[Socket]\nListenStream={second}:1234\nFileDescriptorName=vault\n"),
+    )
+    .unwrap();
+    fs::write(
+        dir.join("personal.conf"),
+        format!("[Socket]\nListenStream={third}:1234\nFileDescriptorName=personal\n"),
+    )
+    .unwrap();
+    lab.reload();
+    let unit = "qrexec-connect-tcp@1234.socket";
+    let applied = m.property(unit, "DropInPaths");
+    assert!(
+        applied.contains("/etc/systemd/user/qrexec-connect-tcp@1234.socket.d/personal.conf")
+            && !applied.contains("/etc/systemd/user/qrexec-connect-tcp@1234.socket.d/work.conf"),
+        "{applied}"
+    );
+    m.systemctl_ok(&["start", unit]);
+    lab.assert_routed(socket_addr(second, 1234), "work");
+    lab.assert_routed(socket_addr(third, 1234), "personal");
+    lab.assert_routed(socket_addr(first, 1234), "gitweb");
+    let log = lab.log("qrexec-connect-tcp@1234.service");
+    assert!(
+        log.contains(&format!(
+            "{third}:1234 -> personal qubes.ConnectTCP+1234 (drop-in personal.conf)"
+        )) && log.contains(&format!(
+            "{second}:1234 -> work qubes.ConnectTCP+1234 (drop-in work.conf)"
+        )),
+        "{log}"
+    );
+}
+
+/// A drop-in with a Listen line and no FileDescriptorName beside one that
+/// names its qube: which qube the first address is for, the files do not
+/// say. The service refuses to start (status 2) with one line naming the
+/// socket unit and the files, and nothing is called.
+#[test]
+fn an_unnamed_drop_in_beside_a_named_one_is_refused() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let (_gitweb, first) = lab.gitweb_on_1234();
+    let second = loopback();
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.socket.d/extra.conf",
+        &format!("[Socket]\nListenStream={second}:1234\n"),
+    );
+    lab.reload();
+    let unit = "qrexec-connect-tcp@1234.socket";
+    let service = "qrexec-connect-tcp@1234.service";
+    m.systemctl_ok(&["start", unit]);
+    // Both sockets carry the unit's one name, gitweb.
+    assert_eq!(m.property(unit, "FileDescriptorName"), "gitweb");
+    let answer = TcpStream::connect(socket_addr(second, 1234)).and_then(|mut s| {
+        s.set_read_timeout(Some(WAIT))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map(|_| buf)
+    });
+    assert!(answer.as_ref().map_or(true, Vec::is_empty), "{answer:?}");
+    m.wait_until("the service has failed", WAIT, || {
+        m.is_active(service) == "failed"
+    });
+    assert_eq!(m.property(service, "ExecMainStatus"), "2");
+    let status = String::from_utf8_lossy(&m.systemctl(&["status", service]).stdout).into_owned();
+    assert!(status.contains("(code=exited, status=2)"), "{status}");
+    let reason = "qrexec-connect-tcp@1234.socket: extra.conf declares sockets without a \
+                  FileDescriptorName of its own while other files name theirs \
+                  (extra.conf, gitweb.conf)";
+    // In the unit's journal, as in bad_file_descriptor_name_fails_with_the_reason.
+    let journal = m.run(&[], &["journalctl", "--user", "-u", service, "--no-pager"]);
+    let journal = String::from_utf8_lossy(&journal.stdout);
+    assert!(
+        journal.contains(reason),
+        "journal lacks {reason:?}:\n{journal}"
+    );
+    assert!(
+        !journal.contains(" -> "),
+        "no listener was set up:\n{journal}"
+    );
+    assert!(lab.world.calls().is_empty(), "nothing is called");
+    let _ = first;
+}
+
+/// Two drop-ins of one instance, and a service that cannot see the home
+/// where they are (here the lab's view of it taken away again, as
+/// ProtectHome=tmpfs would hide a real one): it cannot tell the sockets
+/// apart, so it refuses to start rather than send both to the last name.
+#[test]
+fn drop_ins_hidden_from_the_service_are_refused() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
     let (_backends, first, second) = lab.gitweb_and_work_on_1234();
     lab.listen("qrexec-connect-tcp@1234", "work", second, 1234);
-    lab.reload();
-    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
-    assert_eq!(
-        m.property("qrexec-connect-tcp@1234.socket", "FileDescriptorName"),
-        "work"
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.service.d/zz-hide.conf",
+        "[Service]\nBindReadOnlyPaths=\n",
     );
-    assert_reaches(socket_addr(first, 1234), "work");
-    assert_reaches(socket_addr(second, 1234), "work");
+    lab.reload();
+    let service = "qrexec-connect-tcp@1234.service";
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let answer = TcpStream::connect(socket_addr(first, 1234)).and_then(|mut s| {
+        s.set_read_timeout(Some(WAIT))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map(|_| buf)
+    });
+    assert!(answer.as_ref().map_or(true, Vec::is_empty), "{answer:?}");
+    m.wait_until("the service has failed", WAIT, || {
+        m.is_active(service) == "failed"
+    });
+    assert_eq!(m.property(service, "ExecMainStatus"), "2");
+    let reason = format!(
+        "qrexec-connect-tcp@1234.socket: sockets arrived under one name and their drop-ins \
+         cannot be read: the home {} is hidden from the service (ProtectHome=?)",
+        m.home().display()
+    );
+    let log = lab.log(service);
+    assert!(log.contains(&reason), "{reason:?} missing:\n{log}");
+    assert!(lab.world.calls().is_empty(), "nothing is called");
+}
+
+/// The drop-ins are read only when systemd passed two sockets under one
+/// name: with names of their own (the second-socket-unit form) the service
+/// opens no drop-in directory, which its trace shows (strace, with the
+/// confinement's system call filter lifted for it); with the seed's two
+/// drop-ins, it does.
+#[test]
+fn drop_ins_are_read_only_for_sockets_that_share_a_name() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let (_backends, first, second) = lab.gitweb_and_work_on_1234();
+    let trace = m.runtime_dir().join("qrexec-connect/trace");
+    m.write_user_unit(
+        "qrexec-connect-tcp@1234.service.d/trace.conf",
+        &format!(
+            "[Service]\nSystemCallFilter=\nNotifyAccess=all\nExecStart=\n\
+             ExecStart=strace -D -qq -e trace=%%file,accept4 -o {} \
+             /usr/local/bin/qrexec-connect-tcp %i\n",
+            trace.display()
+        ),
+    );
+    m.write_user_unit(
+        "work-1234.socket",
+        &format!(
+            "[Socket]\nListenStream={second}:1234\nFileDescriptorName=work\n\
+             Service=qrexec-connect-tcp@1234.service\n"
+        ),
+    );
+    lab.reload();
+    let (unit, service) = (
+        "qrexec-connect-tcp@1234.socket",
+        "qrexec-connect-tcp@1234.service",
+    );
+    m.systemctl_ok(&["start", unit, "work-1234.socket"]);
+    let traced = |what: &str| {
+        let mut text = String::new();
+        m.wait_until(what, WAIT, || {
+            text = fs::read_to_string(m.outside(&trace)).unwrap_or_default();
+            text.contains("accept4(")
+        });
+        text
+    };
+    lab.assert_routed(socket_addr(second, 1234), "work");
+    lab.assert_routed(socket_addr(first, 1234), "gitweb");
+    let text = traced("the daemon with distinct names accepts");
+    assert!(text.contains("/proc/self/cgroup"), "{text}");
+    assert!(!text.contains(".socket.d"), "{text}");
+
+    m.systemctl_ok(&["stop", unit, service, "work-1234.socket"]);
+    fs::remove_file(m.outside(&trace)).unwrap();
+    lab.listen("qrexec-connect-tcp@1234", "work", second, 1234);
+    lab.reload();
+    m.systemctl_ok(&["start", unit]);
+    lab.assert_routed(socket_addr(second, 1234), "work");
+    let text = traced("the daemon with shared names accepts");
+    assert!(
+        text.contains("/qrexec-connect-tcp@1234.socket.d"),
+        "the drop-ins are read: {text}"
+    );
 }
 
 /// Seed 001's one-service form: any `qrexec-connect-NAME.socket` whose

@@ -77,6 +77,9 @@ pub struct Listener {
     pub addr: SockAddr,
     pub target: Target,
     pub call: Call,
+    /// Where its name came from when not from systemd, such as
+    /// `drop-in work.conf` (crate::dropin); said in its log line.
+    pub source: Option<String>,
 }
 
 impl Listener {
@@ -137,7 +140,9 @@ pub fn run(
     // Only now that SIGTERM is handled: a manager that sees these lines may
     // stop us at once, and must get a clean exit.
     for l in &listeners {
-        info!(target: "listener", "{} -> {} {}", l.addr, l.target, l.call);
+        let source = l.source.as_ref().map(|s| format!(" ({s})"));
+        let source = source.as_deref().unwrap_or_default();
+        info!(target: "listener", "{} -> {} {}{source}", l.addr, l.target, l.call);
     }
     let stderr = SharedStderr::new(poll.registry(), STDERR)
         .context(|| "create the children's stderr".into())?;

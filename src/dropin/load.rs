@@ -170,7 +170,26 @@ pub fn resolve_names(passed: &[Passed]) -> Result<Vec<Option<Resolved>>> {
         .iter()
         .map(|p| (p.addr.clone(), p.name.clone()))
         .collect();
-    resolve_groups(&unit, &fds, &sources, &ifindex).map_err(Error::Usage)
+    let resolved = resolve_groups(&unit, &fds, &sources, &ifindex).map_err(Error::Usage)?;
+    // Sockets sharing a name left as they are: another unit's (Service=),
+    // unless a home hidden from the service (ProtectHome=tmpfs) hid the
+    // drop-ins that would have claimed them.
+    let kept = (0..fds.len()).any(|i| {
+        resolved[i].is_none()
+            && fds[i].1.is_some()
+            && fds.iter().filter(|f| f.1 == fds[i].1).count() > 1
+    });
+    if let Some(home) = values
+        .home
+        .as_ref()
+        .filter(|h| kept && std::fs::metadata(h).is_err())
+    {
+        return Err(Error::Usage(format!(
+            "{unit}: sockets arrived under one name and their drop-ins cannot be read: \
+             the home {home} is hidden from the service (ProtectHome=?)"
+        )));
+    }
+    Ok(resolved)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use log::{info, warn};
 use crate::activation::{self, Passed};
 use crate::call::{Call, FdName, SystemdDefault, Target};
 use crate::daemon::{Accepted, Listener};
+use crate::dropin;
 use crate::error::{Error, Result};
 
 /// What the passed sockets are: listeners, or the one connection systemd
@@ -16,7 +17,8 @@ pub(super) enum Sockets {
 }
 
 /// Routes every passed socket; refuses a connected one among several.
-pub(super) fn sockets(passed: Vec<Passed>, call: Option<&Call>) -> Result<Sockets> {
+pub(super) fn sockets(mut passed: Vec<Passed>, call: Option<&Call>) -> Result<Sockets> {
+    let sources = names_from_drop_ins(&mut passed)?;
     let routes = route(&passed, call, activation::own_socket_unit().as_deref())?;
     if let Some(p) = passed.iter().find(|p| !p.listening)
         && passed.len() > 1
@@ -38,14 +40,36 @@ pub(super) fn sockets(passed: Vec<Passed>, call: Option<&Call>) -> Result<Socket
         }));
     }
     let listeners: Vec<Listener> = routed
-        .map(|(p, (target, call))| Listener {
+        .zip(sources)
+        .map(|((p, (target, call)), source)| Listener {
             fd: p.fd,
             addr: p.addr,
             target,
             call,
+            source,
         })
         .collect();
     Ok(Sockets::Listening(listeners))
+}
+
+/// Where systemd passed several sockets of our socket unit under one name
+/// (the last drop-in's), gives each the name of the drop-in that declares
+/// it ([`dropin::resolve_names`]; reads nothing when the names differ).
+/// Returns where each socket's name came from, `None` where systemd's stands.
+fn names_from_drop_ins(passed: &mut [Passed]) -> Result<Vec<Option<String>>> {
+    let resolved = dropin::resolve_names(passed)?;
+    let sources = passed.iter_mut().zip(resolved).map(|(p, r)| {
+        let r = r?;
+        p.name = Some(r.name);
+        // A unit file's label is its path, a drop-in's its file name.
+        let kind = if r.source.contains('/') {
+            "unit file"
+        } else {
+            "drop-in"
+        };
+        Some(format!("{kind} {}", r.source))
+    });
+    Ok(sources.collect())
 }
 
 /// Decides each socket's target and call from its name; refuses the first
