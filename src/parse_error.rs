@@ -62,6 +62,8 @@ pub enum ParseError {
     /// A refused call, and the call as written in the name.
     CallInFdName(Box<ParseError>, String),
     TooManyWords,
+    /// A socket unit's name that only the manager can tell from a qube's.
+    DefaultUnknown(String),
     // activation.rs
     ListenPid(String),
     ListenFds(String),
@@ -151,6 +153,12 @@ impl fmt::Display for ParseError {
             TooManyWords => {
                 f.write_str("more than two words (the form is TARGET or 'TARGET SERVICE+ARG')")
             }
+            DefaultUnknown(name) => write!(
+                f,
+                "'{}' is systemd's default name if the socket unit of that name passed it, \
+                 else a qube's: set FileDescriptorName= in the socket unit",
+                name.escape_debug()
+            ),
             ListenPid(pid) => write!(f, "LISTEN_PID={pid:?} is not a process id"),
             ListenFds(fds) => write!(f, "LISTEN_FDS={fds:?} is not a number of sockets"),
             TooManyFds(fds) => write!(f, "LISTEN_FDS={fds} is more than {MAX_FDS} sockets"),

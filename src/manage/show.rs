@@ -166,7 +166,8 @@ pub fn rows(
                 .rev()
                 .find(|(_, lines)| lines.listen.iter().any(|l| expand(l) == listen));
             let name = file.and_then(|(_, l)| l.fd_name.as_deref()).or(unit_name);
-            let (qube, call) = target_and_call(name, service);
+            let id = socket.get("Id").unwrap_or_default();
+            let (qube, call) = target_and_call(name, id, service);
             let state = state(socket, service_props);
             rows.push(Row {
                 listen: listen.to_owned(),
@@ -188,10 +189,16 @@ pub fn rows(
     rows
 }
 
-/// What a FileDescriptorName means under this service, as the daemon reads it.
-fn target_and_call(name: Option<&str>, service: &str) -> (String, Option<String>) {
+/// What a FileDescriptorName means under this service, as the daemon reads
+/// it: the name of the socket unit that passes it (`socket`, which triggers
+/// `service`) is systemd's default.
+fn target_and_call(name: Option<&str>, socket: &str, service: &str) -> (String, Option<String>) {
     let from_service = unit::templated_call(service).map(|c| c.to_string());
-    match FdName::parse(name) {
+    let parsed = match name {
+        Some(name) if name == socket => Ok(FdName::Unnamed),
+        _ => FdName::parse(name),
+    };
+    match parsed {
         Ok(FdName::Unnamed) => ("@default".to_owned(), from_service),
         Ok(FdName::Target(target)) => (target.to_string(), from_service),
         Ok(FdName::Full(target, call)) => (target.to_string(), Some(call.to_string())),
@@ -339,6 +346,7 @@ DropInPaths=
         assert_eq!(
             target_and_call(
                 Some("qrexec-connect-tcp@22.socket"),
+                "qrexec-connect-tcp@22.socket",
                 "qrexec-connect-tcp@22.service"
             ),
             (
@@ -347,11 +355,16 @@ DropInPaths=
             )
         );
         assert_eq!(
-            target_and_call(Some("work"), ONE_SERVICE),
+            target_and_call(Some("work"), "qrexec-connect-w.socket", ONE_SERVICE),
             ("work".to_owned(), None)
         );
         assert_eq!(
-            target_and_call(Some("a b c"), ONE_SERVICE),
+            target_and_call(Some("my.socket"), "work-1234.socket", ONE_SERVICE),
+            ("my.socket".to_owned(), None),
+            "another unit's name is a qube's"
+        );
+        assert_eq!(
+            target_and_call(Some("a b c"), "qrexec-connect-w.socket", ONE_SERVICE),
             ("a b c".to_owned(), None)
         );
     }
