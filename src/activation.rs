@@ -220,19 +220,27 @@ mod tests {
 
     #[test]
     fn refuses_malformed() {
-        for (pid, fds, names) in [
-            ("x", "1", None),
-            ("4242", "-1", None),
-            ("4242", "+1", None),
-            ("4242", "abc", None),
-            ("4242", "", None),
-            ("4242", "99999", None),
-            ("4242", "2", Some("a")),
-            ("4242", "1", Some("a:b")),
+        let fds = |s: &str| ParseError::ListenFds(s.into());
+        let names = |names, fds| ParseError::NamesForFds { names, fds };
+        for (pid, count, fdnames, why) in [
+            ("x", "1", None, ParseError::ListenPid("x".into())),
+            ("4242", "-1", None, fds("-1")),
+            ("4242", "+1", None, fds("+1")),
+            ("4242", "abc", None, fds("abc")),
+            ("4242", "", None, fds("")),
+            (
+                "4242",
+                "99999",
+                None,
+                ParseError::TooManyFds("99999".into()),
+            ),
+            ("4242", "2", Some("a"), names(1, 2)),
+            ("4242", "1", Some("a:b"), names(2, 1)),
         ] {
-            assert!(
-                parse(Some(pid), Some(fds), names, PID).is_err(),
-                "{pid} {fds} {names:?}"
+            assert_eq!(
+                parse(Some(pid), Some(count), fdnames, PID),
+                Err(why),
+                "{pid} {count} {fdnames:?}"
             );
         }
     }

@@ -169,27 +169,31 @@ mod tests {
             assert_eq!(Target::parse(input).unwrap().as_str(), want, "{input}");
         }
         let long = "a".repeat(MAX_QUBE_NAME);
-        assert!(Target::parse(&long).is_ok());
-        for bad in [
-            "",
-            "a/b",
-            "a;b",
-            "a b",
-            "wörk",
-            "2work",
-            "-work",
-            "@anyvm",
-            "@tag:x",
-            "@dispvm+",
-            "@dispvm+a/b",
-            "a$b",
-            "$",
-            "@",
-            "work\n",
-            &"a".repeat(MAX_QUBE_NAME + 1),
-            &format!("@dispvm+{}", "a".repeat(MAX_QUBE_NAME + 1)),
+        assert_eq!(Target::parse(&long).unwrap().as_str(), long);
+        use QubeNameError as Q;
+        let too_long = "a".repeat(MAX_QUBE_NAME + 1);
+        let long_template = format!("@dispvm+{}", "a".repeat(MAX_QUBE_NAME + 1));
+        for (bad, why) in [
+            ("", ParseError::EmptyTarget),
+            ("a/b", ParseError::QubeName(Q::Char('/'))),
+            ("a;b", ParseError::QubeName(Q::Char(';'))),
+            ("a b", ParseError::QubeName(Q::Char(' '))),
+            ("wörk", ParseError::QubeName(Q::Char('ö'))),
+            ("2work", ParseError::QubeName(Q::FirstNotLetter)),
+            ("-work", ParseError::QubeName(Q::FirstNotLetter)),
+            ("@anyvm", ParseError::UnknownKeyword("anyvm".into())),
+            ("@tag:x", ParseError::UnknownKeyword("tag:x".into())),
+            ("@dispvm+", ParseError::DisposableTemplate(Q::Empty)),
+            ("@dispvm+a/b", ParseError::DisposableTemplate(Q::Char('/'))),
+            ("a$b", ParseError::QubeName(Q::Char('$'))),
+            ("$", ParseError::UnknownKeyword(String::new())),
+            ("@", ParseError::UnknownKeyword(String::new())),
+            ("work\n", ParseError::QubeName(Q::Char('\n'))),
+            (&too_long, ParseError::QubeName(Q::TooLong)),
+            (&long_template, ParseError::DisposableTemplate(Q::TooLong)),
+            (&"a".repeat(MAX_FIELD + 1), ParseError::TargetTooLong),
         ] {
-            assert!(Target::parse(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(Target::parse(bad), Err(why), "{bad:?}");
         }
     }
 
@@ -211,20 +215,27 @@ mod tests {
             "qubes.X",
             "an empty argument is no argument"
         );
-        assert!(Call::parse(&format!("s+{}", "a".repeat(MAX_FIELD - 2))).is_ok());
-        for bad in [
-            "",
-            "+22",
-            "a b",
-            "a/b",
-            "a:b",
-            "a@b",
-            "ä",
-            "a\0",
-            &format!("s+{}", "a".repeat(MAX_FIELD - 1)),
+        let longest = format!("s+{}", "a".repeat(MAX_FIELD - 2));
+        assert_eq!(Call::parse(&longest).unwrap().as_str(), longest);
+        for (bad, why) in [
+            ("", ParseError::EmptyService),
+            ("+22", ParseError::CallStartsWithPlus),
+            ("a b", ParseError::CallChar(' ')),
+            ("a/b", ParseError::CallChar('/')),
+            ("a:b", ParseError::CallChar(':')),
+            ("a@b", ParseError::CallChar('@')),
+            ("ä", ParseError::CallChar('ä')),
+            ("a\0", ParseError::CallChar('\0')),
+            (
+                &format!("s+{}", "a".repeat(MAX_FIELD - 1)),
+                ParseError::CallTooLong,
+            ),
         ] {
-            assert!(Call::parse(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(Call::parse(bad), Err(why), "{bad:?}");
         }
-        assert!(Call::new("a+b", Some("c")).is_err());
+        assert_eq!(
+            Call::new("a+b", Some("c")),
+            Err(ParseError::ServiceWithPlus("a+b".into()))
+        );
     }
 }

@@ -143,18 +143,26 @@ mod tests {
                 Call::parse("qubes.ConnectTCP+1234").unwrap()
             )
         );
-        for bad in [
-            "",
-            " ",
-            "work ",
-            " work",
-            "a b c",
-            "work  qubes.X",
-            "work qubes.X/y",
-            "wo/rk",
-            "work qubes.X+;rm",
+        let in_call = |e, call: &str| ParseError::CallInFdName(Box::new(e), call.into());
+        let qube = |c| ParseError::QubeName(crate::error::QubeNameError::Char(c));
+        for (bad, why) in [
+            ("", ParseError::EmptyFdName),
+            (" ", ParseError::EmptyTarget),
+            ("work ", in_call(ParseError::EmptyService, "")),
+            (" work", ParseError::EmptyTarget),
+            ("a b c", ParseError::TooManyWords),
+            ("work  qubes.X", ParseError::TooManyWords),
+            (
+                "work qubes.X/y",
+                in_call(ParseError::CallChar('/'), "qubes.X/y"),
+            ),
+            ("wo/rk", qube('/')),
+            (
+                "work qubes.X+;rm",
+                in_call(ParseError::CallChar(';'), "qubes.X+;rm"),
+            ),
         ] {
-            assert!(FdName::parse(Some(bad)).is_err(), "{bad:?} accepted");
+            assert_eq!(FdName::parse(Some(bad)), Err(why), "{bad:?}");
         }
     }
 

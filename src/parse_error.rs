@@ -86,6 +86,9 @@ pub enum ParseError {
     },
     // qrexec.rs
     StdinSocket(String),
+    // applet/ssh_proxy.rs
+    /// An ssh host name that names no target, and why.
+    SshHost(String, Box<ParseError>),
 }
 
 impl fmt::Display for ParseError {
@@ -184,6 +187,7 @@ impl fmt::Display for ParseError {
                 env.escape_debug()
             ),
             StdinSocket(s) => write!(f, "--stdin-socket takes auto, yes or no, not '{s}'"),
+            SshHost(host, e) => write!(f, "host '{}': {e}", host.escape_debug()),
         }
     }
 }

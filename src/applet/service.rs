@@ -362,17 +362,47 @@ mod tests {
                 .to_string(),
             "127.0.0.1:2049 from 127.0.1.1"
         );
-        for (applet, bad) in [
-            ("qubes.ConnectUnix", ""),
-            ("qubes.ConnectUnix", ".."),
-            ("qubes.ConnectTCPBind", "2049"),
-            ("qubes.ConnectTCPBind", "2049-10.0.0.1"),
-            ("qubes.ConnectNFS", ""),
-            ("qubes.ConnectNFS", "2049-127.0.1.1"),
-            ("qubes.ConnectNFS", "127.255.255.255"),
-            ("qubes.ConnectSomething", "x"),
+        let ten = Ipv4Addr::new(10, 0, 0, 1);
+        let not_ipv4 = |s: &str| ParseError::BindNotIpv4(s.into());
+        for (applet, bad, why) in [
+            ("qubes.ConnectUnix", "", ParseError::EmptySocketName),
+            (
+                "qubes.ConnectUnix",
+                "..",
+                ParseError::HiddenSocketName("..".into()),
+            ),
+            (
+                "qubes.ConnectTCPBind",
+                "2049",
+                ParseError::NotPortBindAddr("2049".into()),
+            ),
+            (
+                "qubes.ConnectTCPBind",
+                "2049-10.0.0.1",
+                ParseError::BindNotLoopback(ten),
+            ),
+            ("qubes.ConnectNFS", "", not_ipv4("")),
+            (
+                "qubes.ConnectNFS",
+                "2049-127.0.1.1",
+                not_ipv4("2049-127.0.1.1"),
+            ),
+            (
+                "qubes.ConnectNFS",
+                "127.255.255.255",
+                ParseError::BindBroadcast(Ipv4Addr::new(127, 255, 255, 255)),
+            ),
+            (
+                "qubes.ConnectSomething",
+                "x",
+                ParseError::NotServiceApplet("qubes.ConnectSomething".into()),
+            ),
         ] {
-            assert!(Destination::parse(applet, bad).is_err(), "{applet} {bad:?}");
+            assert_eq!(
+                Destination::parse(applet, bad),
+                Err(why),
+                "{applet} {bad:?}"
+            );
         }
     }
 
@@ -384,17 +414,33 @@ mod tests {
         assert_eq!(call_argument(&[], env("")).unwrap(), "");
         assert_eq!(call_argument(&["a"], None).unwrap(), "a");
         assert_eq!(call_argument(&[], None).unwrap(), "");
-        assert!(call_argument(&["b"], env("a")).is_err());
-        assert!(call_argument(&["a"], env("")).is_err());
-        assert!(call_argument(&["a", "b"], env("a")).is_err());
-        assert!(call_argument(&["a", "b"], None).is_err());
+        let differs = |argv: &str, env: &str| ParseError::ArgumentDiffers {
+            argv: argv.into(),
+            env: env.into(),
+        };
+        for (args, from_env, why) in [
+            (&["b"][..], env("a"), differs("b", "a")),
+            (&["a"][..], env(""), differs("a", "")),
+            (&["a", "b"][..], env("a"), ParseError::TooManyArguments(2)),
+            (&["a", "b"][..], None, ParseError::TooManyArguments(2)),
+        ] {
+            assert_eq!(
+                call_argument(args, from_env.clone()),
+                Err(why),
+                "{args:?} {from_env:?}"
+            );
+        }
         // A refusal is one line, whatever the two values hold.
         let e = call_argument(&["a\nb"], env("a\rb"))
             .unwrap_err()
             .to_string();
         assert!(!e.chars().any(char::is_control), "{e:?}");
         use std::os::unix::ffi::OsStringExt;
-        assert!(call_argument(&[], Some(OsString::from_vec(vec![0xff]))).is_err());
+        let bad = OsString::from_vec(vec![0xff]);
+        assert_eq!(
+            call_argument(&[], Some(bad.clone())),
+            Err(ParseError::ArgumentNotUtf8(bad))
+        );
     }
 
     #[test]
@@ -423,8 +469,9 @@ mod tests {
             e.to_string(),
             "started as qubes.ConnectUnix+agent for that argument only, but the call's argument is 'other'"
         );
-        assert!(
-            pinned(Some("agent"), "", true).is_err(),
+        assert_eq!(
+            pinned(Some("agent"), "", true).unwrap_err().to_string(),
+            "started as qubes.ConnectUnix+agent for that argument only, but the call's argument is ''",
             "an empty argument given"
         );
     }

@@ -272,15 +272,21 @@ mod tests {
         let words = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
         assert!(check_passed_options(&words(&["--buffer-size=1", "-t"])).is_ok());
         assert!(check_passed_options(&words(&[])).is_ok());
-        for bad in [
-            &["junk"][..],
-            &["--"][..],
-            &["-"][..],
-            &["-t", "-"][..],
-            &["-a", "/run/x"][..],
-            &[""][..],
+        for (bad, word) in [
+            (&["junk"][..], "\"junk\""),
+            (&["--"][..], "\"--\""),
+            (&["-"][..], "\"-\""),
+            (&["-t", "-"][..], "\"-\""),
+            (&["-a", "/run/x"][..], "\"/run/x\""),
+            (&[""][..], "\"\""),
         ] {
-            assert!(check_passed_options(&words(bad)).is_err(), "{bad:?}");
+            let e = check_passed_options(&words(bad)).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("{word} is not an option for qrexec-client-vm")),
+                "{bad:?}: {e}"
+            );
         }
     }
 
