@@ -76,7 +76,7 @@ pub enum ParseError {
         var: &'static str,
         value: OsString,
     },
-    // applet/service.rs
+    // applet/service/
     NotServiceApplet(String),
     TooManyArguments(usize),
     ArgumentNotUtf8(OsString),
@@ -91,6 +91,8 @@ pub enum ParseError {
     SshHost(String, Box<ParseError>),
 }
 
+// One arm per reason, so this function is long (about 100 lines): the texts
+// read best side by side, and splitting it would only scatter them.
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ParseError::*;
