@@ -3,8 +3,7 @@
 //! LISTEN_FDS and LISTEN_FDNAMES (`FileDescriptorName=` in `systemd.socket(5)`).
 //!
 //! [`parse`] is pure; [`take`] reads and removes the variables and takes the
-//! fds, closing them to every child (FD_CLOEXEC). [`own_socket_unit`] names
-//! the socket unit whose name systemd gives its sockets by default.
+//! fds, closing them to every child (FD_CLOEXEC).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -117,35 +116,6 @@ fn text(var: &'static str, value: OsString) -> std::result::Result<String, Parse
         .map_err(|value| ParseError::NotAscii { var, value })
 }
 
-/// The socket unit named like the service we run in, from the last
-/// `NAME.service` of our cgroup path (`/proc/self/cgroup`, cgroups(7)):
-/// `qrexec-connect-tcp@22.socket` in `.../app.slice/qrexec-connect-tcp@22.service`.
-/// `None` outside a service's cgroup (a terminal's scope); started by
-/// `systemd-socket-activate` inside a service, that service's socket unit,
-/// which is then no name of ours.
-pub fn own_socket_unit() -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    socket_unit_from_cgroup(&text)
-}
-
-/// The pure part of [`own_socket_unit`]: the unified (`0::`) line, else the
-/// `name=systemd` one of a hybrid hierarchy.
-pub fn socket_unit_from_cgroup(text: &str) -> Option<String> {
-    let path = |prefix: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(prefix))
-            .filter(|path| *path != "/")
-    };
-    let path = path("0::").or_else(|| {
-        text.lines()
-            .find_map(|line| line.split_once(":name=systemd:").map(|(_, p)| p))
-    })?;
-    let service = path
-        .rsplit('/')
-        .find_map(|unit| unit.strip_suffix(".service"))?;
-    (!service.is_empty()).then(|| format!("{service}.socket"))
-}
-
 fn describe(name: &Option<String>) -> String {
     match name {
         Some(name) => format!("'{}'", name.escape_debug()),
@@ -250,45 +220,28 @@ mod tests {
 
     #[test]
     fn refuses_malformed() {
-        for (pid, fds, names) in [
-            ("x", "1", None),
-            ("4242", "-1", None),
-            ("4242", "+1", None),
-            ("4242", "abc", None),
-            ("4242", "", None),
-            ("4242", "99999", None),
-            ("4242", "2", Some("a")),
-            ("4242", "1", Some("a:b")),
+        let fds = |s: &str| ParseError::ListenFds(s.into());
+        let names = |names, fds| ParseError::NamesForFds { names, fds };
+        for (pid, count, fdnames, why) in [
+            ("x", "1", None, ParseError::ListenPid("x".into())),
+            ("4242", "-1", None, fds("-1")),
+            ("4242", "+1", None, fds("+1")),
+            ("4242", "abc", None, fds("abc")),
+            ("4242", "", None, fds("")),
+            (
+                "4242",
+                "99999",
+                None,
+                ParseError::TooManyFds("99999".into()),
+            ),
+            ("4242", "2", Some("a"), names(1, 2)),
+            ("4242", "1", Some("a:b"), names(2, 1)),
         ] {
-            assert!(
-                parse(Some(pid), Some(fds), names, PID).is_err(),
-                "{pid} {fds} {names:?}"
+            assert_eq!(
+                parse(Some(pid), Some(count), fdnames, PID),
+                Err(why),
+                "{pid} {count} {fdnames:?}"
             );
-        }
-    }
-
-    #[test]
-    fn own_socket_unit_from_the_cgroup() {
-        let unified = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/qrexec-connect-tcp@22.service\n";
-        assert_eq!(
-            socket_unit_from_cgroup(unified).as_deref(),
-            Some("qrexec-connect-tcp@22.socket")
-        );
-        let hybrid = "12:pids:/user.slice\n1:name=systemd:/user.slice/user@1000.service/app.slice/gitweb.service\n0::/\n";
-        assert_eq!(
-            socket_unit_from_cgroup(hybrid).as_deref(),
-            Some("gitweb.socket")
-        );
-        // In a delegated subgroup of the service.
-        let nested = "0::/user.slice/user@1000.service/app.slice/x.service/payload\n";
-        assert_eq!(socket_unit_from_cgroup(nested).as_deref(), Some("x.socket"));
-        for none in [
-            "0::/\n",
-            "0::/user.slice/user-1000.slice/session-2.scope\n",
-            "",
-            "0::/a/.service\n",
-        ] {
-            assert_eq!(socket_unit_from_cgroup(none), None, "{none:?}");
         }
     }
 

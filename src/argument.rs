@@ -161,7 +161,11 @@ mod tests {
             "١٢",
             "99999999999",
         ] {
-            assert!(Port::parse(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(
+                Port::parse(bad),
+                Err(ParseError::Port(bad.into())),
+                "{bad:?}"
+            );
         }
     }
 
@@ -171,24 +175,39 @@ mod tests {
             LoopbackAddr::parse("127.0.1.1").unwrap().to_string(),
             "127.0.1.1"
         );
-        assert!(LoopbackAddr::parse("127.255.255.254").is_ok());
-        assert!(LoopbackAddr::parse("127.0.0.0").is_ok());
+        for edge in ["127.255.255.254", "127.0.0.0"] {
+            assert_eq!(LoopbackAddr::parse(edge).unwrap().to_string(), edge);
+        }
+        let (ten, broadcast) = (
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(127, 255, 255, 255),
+        );
+        assert_eq!(
+            LoopbackAddr::parse("10.0.0.1"),
+            Err(ParseError::BindNotLoopback(ten))
+        );
+        assert_eq!(
+            LoopbackAddr::parse("127.255.255.255"),
+            Err(ParseError::BindBroadcast(broadcast))
+        );
         for bad in [
             "",
-            "10.0.0.1",
             "::1",
             "127.0.0",
             "127.000.0.1",
             "127.0.0.1 ",
             "localhost",
-            "127.255.255.255",
             "127.1",
             "2130706689",
             "0x7f.0.0.1",
             "127.0.0.01",
             "+127.0.0.1",
         ] {
-            assert!(LoopbackAddr::parse(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(
+                LoopbackAddr::parse(bad),
+                Err(ParseError::BindNotIpv4(bad.into())),
+                "{bad:?}"
+            );
         }
     }
 
@@ -200,17 +219,21 @@ mod tests {
             (2049, "127.0.1.1")
         );
         assert_eq!(b.to_string(), "2049-127.0.1.1");
-        for bad in [
-            "2049",
-            "2049-",
-            "-127.0.0.1",
-            "2049-10.0.0.1",
-            "2049-::1",
-            "2049-127.0.0.1-x",
-            "0-127.0.0.1",
-            "02049-127.0.0.1",
+        let ten = Ipv4Addr::new(10, 0, 0, 1);
+        for (bad, why) in [
+            ("2049", ParseError::NotPortBindAddr("2049".into())),
+            ("2049-", ParseError::BindNotIpv4(String::new())),
+            ("-127.0.0.1", ParseError::Port(String::new())),
+            ("2049-10.0.0.1", ParseError::BindNotLoopback(ten)),
+            ("2049-::1", ParseError::BindNotIpv4("::1".into())),
+            (
+                "2049-127.0.0.1-x",
+                ParseError::BindNotIpv4("127.0.0.1-x".into()),
+            ),
+            ("0-127.0.0.1", ParseError::Port("0".into())),
+            ("02049-127.0.0.1", ParseError::Port("02049".into())),
         ] {
-            assert!(TcpBind::parse(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(TcpBind::parse(bad), Err(why), "{bad:?}");
         }
     }
 
@@ -220,21 +243,26 @@ mod tests {
             SocketName::parse("gpg-agent-ssh").unwrap().as_str(),
             "gpg-agent-ssh"
         );
-        assert!(SocketName::parse("S.gpg-agent.ssh").is_ok());
-        assert!(SocketName::parse(&"a".repeat(MAX_SOCKET_NAME)).is_ok());
-        for bad in [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "a/b",
-            "a b",
-            "a+b",
-            "a\0b",
-            &"a".repeat(300),
-            &"a".repeat(MAX_SOCKET_NAME + 1),
+        for good in ["S.gpg-agent.ssh", &"a".repeat(MAX_SOCKET_NAME)] {
+            assert_eq!(SocketName::parse(good).unwrap().as_str(), good);
+        }
+        let hidden = |s: &str| ParseError::HiddenSocketName(s.into());
+        for (bad, why) in [
+            ("", ParseError::EmptySocketName),
+            (".", hidden(".")),
+            ("..", hidden("..")),
+            (".hidden", hidden(".hidden")),
+            ("a/b", ParseError::SocketNameChar('/')),
+            ("a b", ParseError::SocketNameChar(' ')),
+            ("a+b", ParseError::SocketNameChar('+')),
+            ("a\0b", ParseError::SocketNameChar('\0')),
+            (&"a".repeat(300), ParseError::SocketNameTooLong),
+            (
+                &"a".repeat(MAX_SOCKET_NAME + 1),
+                ParseError::SocketNameTooLong,
+            ),
         ] {
-            assert!(SocketName::parse(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(SocketName::parse(bad), Err(why), "{bad:?}");
         }
     }
 }

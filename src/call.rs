@@ -12,6 +12,8 @@ use std::fmt;
 use crate::error::ParseError;
 use crate::parse_error::QubeNameError;
 
+pub use crate::fd_name::{FdName, SystemdDefault};
+
 /// The longest target or call qrexec carries unchanged (a 64-byte field, NUL included).
 pub const MAX_FIELD: usize = 63;
 /// The longest qube name Qubes accepts.
@@ -147,95 +149,6 @@ impl fmt::Display for Call {
     }
 }
 
-/// What a socket's FileDescriptorName says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FdName {
-    /// No name (LISTEN_FDNAMES unset) or systemd's default name
-    /// ([`SystemdDefault`]): `@default`, call from the applet.
-    Unnamed,
-    /// `TARGET`: the call comes from the applet.
-    Target(Target),
-    /// `TARGET SERVICE[+ARG]`: the whole call (the one-service form).
-    Full(Target, Call),
-}
-
-impl FdName {
-    /// Parses one name of LISTEN_FDNAMES as written (`None` when the
-    /// variable is unset): every name given is a target or a whole call.
-    pub fn parse(name: Option<&str>) -> Result<Self, ParseError> {
-        let Some(name) = name else {
-            return Ok(FdName::Unnamed);
-        };
-        if name.is_empty() {
-            return Err(ParseError::EmptyFdName);
-        }
-        let mut words = name.split(' ');
-        match (words.next(), words.next(), words.next()) {
-            (Some(target), None, _) => Ok(FdName::Target(Target::parse(target)?)),
-            (Some(target), Some(call), None) => Ok(FdName::Full(
-                Target::parse(target)?,
-                Call::parse(call)
-                    .map_err(|e| ParseError::CallInFdName(Box::new(e), call.to_owned()))?,
-            )),
-            _ => Err(ParseError::TooManyWords),
-        }
-    }
-
-    /// Parses the name of a passed socket: systemd's default name is
-    /// [`FdName::Unnamed`], any other as [`FdName::parse`] reads it.
-    pub fn parse_passed(
-        name: Option<&str>,
-        default: &SystemdDefault<'_>,
-    ) -> Result<Self, ParseError> {
-        match name {
-            Some(name) if default.is(name) => Ok(FdName::Unnamed),
-            _ => FdName::parse(name),
-        }
-    }
-}
-
-/// The FileDescriptorName systemd gives a socket whose unit sets none
-/// (`FileDescriptorName=` in systemd.socket(5)): `connection` for the
-/// connection of an `Accept=yes` unit, else the socket unit's own name.
-///
-/// A service cannot ask which socket units pass it fds, but it knows its own
-/// unit, and a socket unit of the same name is the one systemd pairs with it
-/// by default (`qrexec-connect-tcp@22.socket` for
-/// `qrexec-connect-tcp@22.service`). So the default of a listening socket is
-/// that name exactly; and a name ending in `.socket` that is a unit name but
-/// could not be a target (a template instance's `@`, for one) can only be the
-/// default of another socket unit (`Service=`). Any other name is what it
-/// says: `connection` and `my.socket` are qube names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SystemdDefault<'a> {
-    /// An `Accept=yes` connection, not a listening socket.
-    pub accepted: bool,
-    /// The socket unit named like our service, when we know our service.
-    pub own_socket_unit: Option<&'a str>,
-}
-
-impl SystemdDefault<'_> {
-    /// Whether `name` is systemd's default for this socket.
-    pub fn is(&self, name: &str) -> bool {
-        if self.accepted {
-            return name == "connection";
-        }
-        name.ends_with(".socket")
-            && (self.own_socket_unit == Some(name)
-                || (is_unit_name(name) && Target::parse(name).is_err()))
-    }
-}
-
-/// Whether `s` could be a systemd unit name (`systemd.unit(5)`: ASCII
-/// letters, digits, `:-_.\`, one `@` for a template's instance, at most
-/// 255 bytes).
-fn is_unit_name(s: &str) -> bool {
-    s.len() <= 255
-        && s.matches('@').count() <= 1
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,27 +169,31 @@ mod tests {
             assert_eq!(Target::parse(input).unwrap().as_str(), want, "{input}");
         }
         let long = "a".repeat(MAX_QUBE_NAME);
-        assert!(Target::parse(&long).is_ok());
-        for bad in [
-            "",
-            "a/b",
-            "a;b",
-            "a b",
-            "wörk",
-            "2work",
-            "-work",
-            "@anyvm",
-            "@tag:x",
-            "@dispvm+",
-            "@dispvm+a/b",
-            "a$b",
-            "$",
-            "@",
-            "work\n",
-            &"a".repeat(MAX_QUBE_NAME + 1),
-            &format!("@dispvm+{}", "a".repeat(MAX_QUBE_NAME + 1)),
+        assert_eq!(Target::parse(&long).unwrap().as_str(), long);
+        use QubeNameError as Q;
+        let too_long = "a".repeat(MAX_QUBE_NAME + 1);
+        let long_template = format!("@dispvm+{}", "a".repeat(MAX_QUBE_NAME + 1));
+        for (bad, why) in [
+            ("", ParseError::EmptyTarget),
+            ("a/b", ParseError::QubeName(Q::Char('/'))),
+            ("a;b", ParseError::QubeName(Q::Char(';'))),
+            ("a b", ParseError::QubeName(Q::Char(' '))),
+            ("wörk", ParseError::QubeName(Q::Char('ö'))),
+            ("2work", ParseError::QubeName(Q::FirstNotLetter)),
+            ("-work", ParseError::QubeName(Q::FirstNotLetter)),
+            ("@anyvm", ParseError::UnknownKeyword("anyvm".into())),
+            ("@tag:x", ParseError::UnknownKeyword("tag:x".into())),
+            ("@dispvm+", ParseError::DisposableTemplate(Q::Empty)),
+            ("@dispvm+a/b", ParseError::DisposableTemplate(Q::Char('/'))),
+            ("a$b", ParseError::QubeName(Q::Char('$'))),
+            ("$", ParseError::UnknownKeyword(String::new())),
+            ("@", ParseError::UnknownKeyword(String::new())),
+            ("work\n", ParseError::QubeName(Q::Char('\n'))),
+            (&too_long, ParseError::QubeName(Q::TooLong)),
+            (&long_template, ParseError::DisposableTemplate(Q::TooLong)),
+            (&"a".repeat(MAX_FIELD + 1), ParseError::TargetTooLong),
         ] {
-            assert!(Target::parse(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(Target::parse(bad), Err(why), "{bad:?}");
         }
     }
 
@@ -298,109 +215,27 @@ mod tests {
             "qubes.X",
             "an empty argument is no argument"
         );
-        assert!(Call::parse(&format!("s+{}", "a".repeat(MAX_FIELD - 2))).is_ok());
-        for bad in [
-            "",
-            "+22",
-            "a b",
-            "a/b",
-            "a:b",
-            "a@b",
-            "ä",
-            "a\0",
-            &format!("s+{}", "a".repeat(MAX_FIELD - 1)),
+        let longest = format!("s+{}", "a".repeat(MAX_FIELD - 2));
+        assert_eq!(Call::parse(&longest).unwrap().as_str(), longest);
+        for (bad, why) in [
+            ("", ParseError::EmptyService),
+            ("+22", ParseError::CallStartsWithPlus),
+            ("a b", ParseError::CallChar(' ')),
+            ("a/b", ParseError::CallChar('/')),
+            ("a:b", ParseError::CallChar(':')),
+            ("a@b", ParseError::CallChar('@')),
+            ("ä", ParseError::CallChar('ä')),
+            ("a\0", ParseError::CallChar('\0')),
+            (
+                &format!("s+{}", "a".repeat(MAX_FIELD - 1)),
+                ParseError::CallTooLong,
+            ),
         ] {
-            assert!(Call::parse(bad).is_err(), "{bad:?} accepted");
-        }
-        assert!(Call::new("a+b", Some("c")).is_err());
-    }
-
-    #[test]
-    fn fd_names() {
-        assert_eq!(FdName::parse(None).unwrap(), FdName::Unnamed);
-        let target = |t: &str| FdName::Target(Target::parse(t).unwrap());
-        assert_eq!(
-            FdName::parse(Some("connection")).unwrap(),
-            target("connection")
-        );
-        assert_eq!(
-            FdName::parse(Some("my.socket")).unwrap(),
-            target("my.socket")
-        );
-        assert_eq!(
-            FdName::parse(Some("work")).unwrap(),
-            FdName::Target(Target::parse("work").unwrap())
-        );
-        assert_eq!(
-            FdName::parse(Some("@default qubes.ConnectTCP+1234")).unwrap(),
-            FdName::Full(
-                Target::default_target(),
-                Call::parse("qubes.ConnectTCP+1234").unwrap()
-            )
-        );
-        for bad in [
-            "",
-            " ",
-            "work ",
-            " work",
-            "a b c",
-            "work  qubes.X",
-            "work qubes.X/y",
-            "wo/rk",
-            "work qubes.X+;rm",
-        ] {
-            assert!(FdName::parse(Some(bad)).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn systemd_default_names() {
-        let listening = |own| SystemdDefault {
-            accepted: false,
-            own_socket_unit: own,
-        };
-        let accepted = SystemdDefault {
-            accepted: true,
-            own_socket_unit: Some("qrexec-connect-tcp@22.socket"),
-        };
-        let ours = listening(Some("qrexec-connect-tcp@22.socket"));
-        let unknown = listening(None);
-        let plain = listening(Some("my.socket"));
-        // systemd's defaults.
-        for (default, name) in [
-            (&ours, "qrexec-connect-tcp@22.socket"),
-            (&unknown, "qrexec-connect-tcp@22.socket"),
-            (&ours, "work@1234.socket"),
-            (&plain, "my.socket"),
-            (&accepted, "connection"),
-            (&ours, &format!("{}.socket", "a".repeat(40))),
-        ] {
-            assert_eq!(
-                FdName::parse_passed(Some(name), default),
-                Ok(FdName::Unnamed),
-                "{name} {default:?}"
-            );
-        }
-        // Qube names, whatever they end with.
-        for (default, name) in [
-            (&ours, "connection"),
-            (&ours, "my.socket"),
-            (&unknown, "my.socket"),
-            (&accepted, "qrexec-connect-tcp@22.socket"),
-            (&accepted, "my.socket"),
-        ] {
-            assert!(
-                !default.is(name),
-                "{name} taken for systemd's default by {default:?}"
-            );
+            assert_eq!(Call::parse(bad), Err(why), "{bad:?}");
         }
         assert_eq!(
-            FdName::parse_passed(Some("my.socket"), &ours),
-            Ok(FdName::Target(Target::parse("my.socket").unwrap()))
+            Call::new("a+b", Some("c")),
+            Err(ParseError::ServiceWithPlus("a+b".into()))
         );
-        assert_eq!(FdName::parse_passed(None, &ours), Ok(FdName::Unnamed));
-        // Neither a unit name nor a target: refused.
-        assert!(FdName::parse_passed(Some("wo/rk.socket"), &ours).is_err());
-        assert!(FdName::parse_passed(Some("a@b@c.socket"), &ours).is_err());
     }
 }

@@ -62,6 +62,8 @@ pub enum ParseError {
     /// A refused call, and the call as written in the name.
     CallInFdName(Box<ParseError>, String),
     TooManyWords,
+    /// A socket unit's name that only the manager can tell from a qube's.
+    DefaultUnknown(String),
     // activation.rs
     ListenPid(String),
     ListenFds(String),
@@ -74,7 +76,7 @@ pub enum ParseError {
         var: &'static str,
         value: OsString,
     },
-    // applet/service.rs
+    // applet/service/
     NotServiceApplet(String),
     TooManyArguments(usize),
     ArgumentNotUtf8(OsString),
@@ -84,8 +86,13 @@ pub enum ParseError {
     },
     // qrexec.rs
     StdinSocket(String),
+    // applet/ssh_proxy.rs
+    /// An ssh host name that names no target, and why.
+    SshHost(String, Box<ParseError>),
 }
 
+// One arm per reason, so this function is long (about 100 lines): the texts
+// read best side by side, and splitting it would only scatter them.
 impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use ParseError::*;
@@ -151,6 +158,12 @@ impl fmt::Display for ParseError {
             TooManyWords => {
                 f.write_str("more than two words (the form is TARGET or 'TARGET SERVICE+ARG')")
             }
+            DefaultUnknown(name) => write!(
+                f,
+                "'{}' is systemd's default name if the socket unit of that name passed it, \
+                 else a qube's: set FileDescriptorName= in the socket unit",
+                name.escape_debug()
+            ),
             ListenPid(pid) => write!(f, "LISTEN_PID={pid:?} is not a process id"),
             ListenFds(fds) => write!(f, "LISTEN_FDS={fds:?} is not a number of sockets"),
             TooManyFds(fds) => write!(f, "LISTEN_FDS={fds} is more than {MAX_FDS} sockets"),
@@ -176,6 +189,7 @@ impl fmt::Display for ParseError {
                 env.escape_debug()
             ),
             StdinSocket(s) => write!(f, "--stdin-socket takes auto, yes or no, not '{s}'"),
+            SshHost(host, e) => write!(f, "host '{}': {e}", host.escape_debug()),
         }
     }
 }

@@ -1149,8 +1149,8 @@ fn nfs_with_a_bind_address_per_client() {
 /// service named like it takes that for systemd's default (@default), read
 /// from its own cgroup: `gitweb.socket` would also be a valid qube name. A
 /// second socket of another name sent to the same service (`Service=`)
-/// without a name of its own is taken for the qube it names, with a
-/// warning (issue 15, item 6).
+/// without a name of its own is systemd's default too: the service asks its
+/// manager which socket units trigger it (issue 15, item 6).
 #[test]
 fn own_socket_units_default_name_is_default() {
     let Some(lab) = Lab::start() else { return };
@@ -1181,9 +1181,106 @@ fn own_socket_units_default_name_is_default() {
         log.contains(&format!("{a}:1234 -> @default qubes.ConnectTCP+1234")),
         "{log}"
     );
+    assert_reaches(socket_addr(b, 1234), "gitweb");
+    let log = lab.log("gitweb.service");
     assert!(
-        log.contains(&format!("{b}:1234 -> other.socket qubes.ConnectTCP+1234"))
-            && log.contains("calls the qube other.socket"),
+        log.contains(&format!("{b}:1234 -> @default qubes.ConnectTCP+1234"))
+            && !log.contains("calls the qube"),
+        "{log}"
+    );
+}
+
+/// The one-service form without FileDescriptorName=: `work-1234.socket`
+/// (`Service=qrexec-connect.service`) passes its own name, a valid qube
+/// name, which the service recognises exactly as systemd's default, since
+/// its manager says that socket unit triggers it: @default, with the call
+/// of `--service`. A socket unit that sets `FileDescriptorName=my.socket`
+/// calls the qube `my.socket` (issue 15, item 6).
+#[test]
+fn other_socket_units_default_name_is_default_exactly() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let (_gitweb, _my) = (lab.backend("gitweb"), lab.backend("my.socket"));
+    lab.policy(&format!(
+        "qubes.ConnectTCP +1234 {CLIENT} @default allow target=gitweb\n\
+         qubes.ConnectTCP +1234 {CLIENT} my.socket allow\n"
+    ));
+    let (a, b) = (loopback(), loopback());
+    let one = "qrexec-connect.service";
+    m.write_user_unit(
+        "qrexec-connect.service.d/call.conf",
+        "[Service]\nExecStart=\n\
+         ExecStart=/usr/local/bin/qrexec-connect --service qubes.ConnectTCP --argument 1234\n",
+    );
+    m.write_user_unit(
+        "work-1234.socket",
+        &format!("[Socket]\nListenStream={a}:1234\nService={one}\n"),
+    );
+    m.write_user_unit(
+        "named-1234.socket",
+        &format!("[Socket]\nListenStream={b}:1234\nFileDescriptorName=my.socket\nService={one}\n"),
+    );
+    lab.reload();
+    m.systemctl_ok(&["start", "work-1234.socket", "named-1234.socket"]);
+    let triggers = m.property(one, "TriggeredBy");
+    assert!(
+        triggers.contains("work-1234.socket") && triggers.contains("named-1234.socket"),
+        "{triggers}"
+    );
+    assert_eq!(
+        m.property("work-1234.socket", "FileDescriptorName"),
+        "work-1234.socket"
+    );
+    assert_reaches(socket_addr(a, 1234), "gitweb");
+    assert_reaches(socket_addr(b, 1234), "my.socket");
+    let log = lab.log(one);
+    assert!(
+        log.contains(&format!("{a}:1234 -> @default qubes.ConnectTCP+1234"))
+            && log.contains(&format!("{b}:1234 -> my.socket qubes.ConnectTCP+1234")),
+        "{log}"
+    );
+}
+
+/// When the manager cannot say which socket units trigger the service
+/// (here: no systemctl on its PATH), a name that may be a socket unit's
+/// default or a qube's is never guessed: the service refuses to start,
+/// with one line naming the socket and telling to set FileDescriptorName=.
+#[test]
+fn unknown_default_name_refuses_to_start() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    let ip = loopback();
+    let one = "qrexec-connect.service";
+    m.write_user_unit(
+        "qrexec-connect.service.d/call.conf",
+        "[Service]\nEnvironment=PATH=/nonexistent\nExecStart=\n\
+         ExecStart=/usr/local/bin/qrexec-connect --service qubes.ConnectTCP --argument 1234\n",
+    );
+    m.write_user_unit(
+        "work-1234.socket",
+        &format!("[Socket]\nListenStream={ip}:1234\nService={one}\n"),
+    );
+    lab.reload();
+    m.systemctl_ok(&["start", "work-1234.socket"]);
+    let answer = TcpStream::connect(socket_addr(ip, 1234)).and_then(|mut s| {
+        s.set_read_timeout(Some(WAIT))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).map(|_| buf)
+    });
+    assert!(answer.as_ref().map_or(true, Vec::is_empty), "{answer:?}");
+    m.wait_until("the service has failed", WAIT, || {
+        m.is_active(one) == "failed"
+    });
+    assert_eq!(m.property(one, "ExecMainStatus"), "2");
+    let reason = format!(
+        "socket {ip}:1234 is named \"work-1234.socket\", which is systemd's default name \
+         if the socket unit of that name passed it, else a qube's; asking which socket units \
+         trigger {one} failed (cannot run systemctl: "
+    );
+    let log = lab.log(one);
+    assert!(log.contains(&reason), "no {reason:?} in:\n{log}");
+    assert!(
+        log.contains("): set FileDescriptorName= in the socket unit (a qube, or @default)"),
         "{log}"
     );
 }

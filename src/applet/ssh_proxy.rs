@@ -24,7 +24,7 @@ use argh::FromArgs;
 
 use crate::argument::Port;
 use crate::call::{Call, Target};
-use crate::error::{Error, Result};
+use crate::error::{Error, ParseError, Result};
 use crate::qrexec;
 
 /// The ssh host name suffix that names a qube.
@@ -48,16 +48,16 @@ struct Args {
 }
 
 /// The target an ssh host name names: `QUBE.qube` or a bare target.
-pub fn target(host: &str) -> std::result::Result<Target, String> {
+pub fn target(host: &str) -> std::result::Result<Target, ParseError> {
     let name = host.strip_suffix(SUFFIX).unwrap_or(host);
-    Target::parse(name).map_err(|e| format!("host '{}': {e}", host.escape_debug()))
+    Target::parse(name).map_err(|e| ParseError::SshHost(host.to_owned(), Box::new(e)))
 }
 
 /// The target and call for `HOST PORT`, checked as the daemon checks its own.
-pub fn route(host: &str, port: &str) -> std::result::Result<(Target, Call), String> {
+pub fn route(host: &str, port: &str) -> std::result::Result<(Target, Call), ParseError> {
     let target = target(host)?;
-    let port = Port::parse(port).map_err(|e| e.to_string())?;
-    let call = Call::new(SERVICE, Some(&port.to_string())).map_err(|e| e.to_string())?;
+    let port = Port::parse(port)?;
+    let call = Call::new(SERVICE, Some(&port.to_string()))?;
     Ok((target, call))
 }
 
@@ -76,7 +76,7 @@ pub fn run(applet: &'static super::Applet, raw: &[&str]) -> Result<u8> {
             return Err(Error::Usage(words.join(" ")));
         }
     };
-    let (target, call) = route(&args.host, &args.port).map_err(Error::Usage)?;
+    let (target, call) = route(&args.host, &args.port)?;
     let path: PathBuf = std::env::var_os("QREXEC_CLIENT_VM")
         .map(PathBuf::from)
         .unwrap_or_else(|| qrexec::DEFAULT_PATH.into());
@@ -105,19 +105,22 @@ mod tests {
         ] {
             assert_eq!(target(host).unwrap().as_str(), want, "{host}");
         }
-        for bad in [
-            "",
-            ".qube",
-            "2work.qube",
-            "wo/rk.qube",
-            "work.qube;id",
-            "@anyvm.qube",
-            "$(id).qube",
-            "-oProxyCommand=x",
-            &format!("{}.qube", "a".repeat(32)),
+        use crate::error::QubeNameError as Q;
+        let too_long = format!("{}.qube", "a".repeat(32));
+        for (bad, why) in [
+            ("", ParseError::EmptyTarget),
+            (".qube", ParseError::EmptyTarget),
+            ("2work.qube", ParseError::QubeName(Q::FirstNotLetter)),
+            ("wo/rk.qube", ParseError::QubeName(Q::Char('/'))),
+            ("work.qube;id", ParseError::QubeName(Q::Char(';'))),
+            ("@anyvm.qube", ParseError::UnknownKeyword("anyvm".into())),
+            ("$(id).qube", ParseError::UnknownKeyword("(id)".into())),
+            ("-oProxyCommand=x", ParseError::QubeName(Q::FirstNotLetter)),
+            (&too_long, ParseError::QubeName(Q::TooLong)),
         ] {
             let e = target(bad).unwrap_err();
-            assert!(e.starts_with("host '"), "{bad:?}: {e}");
+            assert_eq!(e, ParseError::SshHost(bad.into(), Box::new(why)), "{bad:?}");
+            assert!(e.to_string().starts_with("host '"), "{bad:?}: {e}");
         }
     }
 
@@ -128,8 +131,12 @@ mod tests {
             (target.as_str(), call.as_str()),
             ("work", "qubes.ConnectTCP+22")
         );
-        for (host, port) in [("work.qube", "0"), ("work.qube", "022"), ("work.qube", "")] {
-            assert!(route(host, port).unwrap_err().starts_with("port '"));
+        for port in ["0", "022", ""] {
+            assert_eq!(
+                route("work.qube", port).unwrap_err(),
+                ParseError::Port(port.into()),
+                "{port:?}"
+            );
         }
     }
 }

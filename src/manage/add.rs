@@ -16,7 +16,7 @@ pub fn run(args: &[&str]) -> Result<u8> {
     if let Some(code) = super::help(args, "add KIND SPEC...", USAGE)? {
         return Ok(code);
     }
-    let forward = Forward::parse(args).map_err(Error::Usage)?;
+    let forward = Forward::parse(args).map_err(|e| Error::Usage(e.to_string()))?;
     let layout = Layout::of(&forward);
     let path = systemctl::config_dir()?.join(&layout.file);
     check(&forward, &layout, &path)?;

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod remove;
 pub mod show;
 pub mod spec;
+mod spec_error;
 pub mod systemctl;
 pub mod unit;
 

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use super::unit;
-use crate::call::{FdName, SystemdDefault};
+use crate::call::FdName;
 
 /// The properties `list` asks for, of socket units and of services.
 pub const SOCKET_PROPERTIES: &str =
@@ -166,7 +166,8 @@ pub fn rows(
                 .rev()
                 .find(|(_, lines)| lines.listen.iter().any(|l| expand(l) == listen));
             let name = file.and_then(|(_, l)| l.fd_name.as_deref()).or(unit_name);
-            let (qube, call) = target_and_call(name, socket.get("Id"), service);
+            let id = socket.get("Id").unwrap_or_default();
+            let (qube, call) = target_and_call(name, id, service);
             let state = state(socket, service_props);
             rows.push(Row {
                 listen: listen.to_owned(),
@@ -188,19 +189,16 @@ pub fn rows(
     rows
 }
 
-/// What a FileDescriptorName of the socket unit `socket` means under this
-/// service, as the daemon reads it: the unit's own name is systemd's default.
-fn target_and_call(
-    name: Option<&str>,
-    socket: Option<&str>,
-    service: &str,
-) -> (String, Option<String>) {
+/// What a FileDescriptorName means under this service, as the daemon reads
+/// it: the name of the socket unit that passes it (`socket`, which triggers
+/// `service`) is systemd's default.
+fn target_and_call(name: Option<&str>, socket: &str, service: &str) -> (String, Option<String>) {
     let from_service = unit::templated_call(service).map(|c| c.to_string());
-    let default = SystemdDefault {
-        accepted: false,
-        own_socket_unit: socket,
+    let parsed = match name {
+        Some(name) if name == socket => Ok(FdName::Unnamed),
+        _ => FdName::parse(name),
     };
-    match FdName::parse_passed(name, &default) {
+    match parsed {
         Ok(FdName::Unnamed) => ("@default".to_owned(), from_service),
         Ok(FdName::Target(target)) => (target.to_string(), from_service),
         Ok(FdName::Full(target, call)) => (target.to_string(), Some(call.to_string())),
@@ -348,7 +346,7 @@ DropInPaths=
         assert_eq!(
             target_and_call(
                 Some("qrexec-connect-tcp@22.socket"),
-                Some("qrexec-connect-tcp@22.socket"),
+                "qrexec-connect-tcp@22.socket",
                 "qrexec-connect-tcp@22.service"
             ),
             (
@@ -357,25 +355,17 @@ DropInPaths=
             )
         );
         assert_eq!(
-            target_and_call(
-                Some("work"),
-                Some("qrexec-connect-work.socket"),
-                ONE_SERVICE
-            ),
+            target_and_call(Some("work"), "qrexec-connect-w.socket", ONE_SERVICE),
             ("work".to_owned(), None)
         );
         assert_eq!(
-            target_and_call(Some("a b c"), Some("qrexec-connect-x.socket"), ONE_SERVICE),
-            ("a b c".to_owned(), None)
+            target_and_call(Some("my.socket"), "work-1234.socket", ONE_SERVICE),
+            ("my.socket".to_owned(), None),
+            "another unit's name is a qube's"
         );
-        // Another unit's name is a qube's, as the daemon reads it.
         assert_eq!(
-            target_and_call(
-                Some("my.socket"),
-                Some("qrexec-connect-x.socket"),
-                ONE_SERVICE
-            ),
-            ("my.socket".to_owned(), None)
+            target_and_call(Some("a b c"), "qrexec-connect-w.socket", ONE_SERVICE),
+            ("a b c".to_owned(), None)
         );
     }
 

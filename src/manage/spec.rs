@@ -15,11 +15,12 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+pub use super::spec_error::{PathProblem, SpecError};
 use crate::argument::{Port, SocketName, TcpBind};
 use crate::call::{Call, Target};
 
 /// The longest path of a Unix socket (`sun_path` less its NUL).
-const MAX_SOCKET_PATH: usize = 107;
+pub(super) const MAX_SOCKET_PATH: usize = 107;
 
 /// Where the client qube listens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,12 +34,12 @@ pub enum Listen {
 impl Listen {
     /// Parses `[ADDR:]PORT` (ADDR defaults to 127.0.0.1; IPv6 in brackets)
     /// or a Unix socket path.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
         if s.starts_with('/') || s.starts_with('%') {
             return unix_path(s).map(Listen::Unix);
         }
         let (addr, rest) = split_addr(s)?;
-        let port = Port::parse(rest).map_err(|e| e.to_string())?;
+        let port = Port::parse(rest)?;
         Ok(Listen::Tcp(SocketAddr::new(
             addr.unwrap_or(LOCALHOST),
             port.get(),
@@ -77,25 +78,25 @@ pub struct Forward {
 
 impl Forward {
     /// Parses the words after `add`: the kind, then its spec.
-    pub fn parse(words: &[&str]) -> Result<Self, String> {
+    pub fn parse(words: &[&str]) -> Result<Self, SpecError> {
         match words {
             ["tcp", spec] => tcp(spec),
             ["tcp-bind", spec] => tcp_bind(spec),
             ["unix", path, qube, name] => Ok(Forward {
                 listen: Listen::Unix(unix_path(path)?),
                 target: target(qube)?,
-                kind: Kind::Unix(SocketName::parse(name).map_err(|e| e.to_string())?),
+                kind: Kind::Unix(SocketName::parse(name)?),
             }),
             ["call", address, qube, call] => Ok(Forward {
                 listen: Listen::parse(address)?,
                 target: target(qube)?,
-                kind: Kind::Call(Call::parse(call).map_err(|e| e.to_string())?),
+                kind: Kind::Call(Call::parse(call)?),
             }),
             [kind, ..] if matches!(*kind, "tcp" | "tcp-bind" | "unix" | "call") => {
-                Err(format!("wrong number of words after '{kind}'; {}", USAGE))
+                Err(SpecError::WordCount((*kind).to_owned()))
             }
-            [kind, ..] => Err(format!("unknown kind '{}'; {}", kind.escape_debug(), USAGE)),
-            [] => Err(format!("what to add? {USAGE}")),
+            [kind, ..] => Err(SpecError::UnknownKind((*kind).to_owned())),
+            [] => Err(SpecError::Nothing),
         }
     }
 
@@ -117,7 +118,7 @@ add tcp-bind [ADDR:]LOCALPORT:QUBE:PORT-BINDADDR, add unix PATH QUBE NAME, \
 add call ADDRESS QUBE SERVICE[+ARG]";
 
 /// `[ADDR:]LOCALPORT:QUBE[:PORT]`, as `qvm-connect-tcp` spells it.
-fn tcp(spec: &str) -> Result<Forward, String> {
+fn tcp(spec: &str) -> Result<Forward, SpecError> {
     let (addr, rest) = split_addr(spec)?;
     let parts: Vec<&str> = rest.split(':').collect();
     let (addr, local, qube, port) = match (addr, parts.as_slice()) {
@@ -126,50 +127,40 @@ fn tcp(spec: &str) -> Result<Forward, String> {
         (None, [a, local, qube]) if a.contains('.') => (Some(ipv4(a)?), *local, *qube, *local),
         (addr, [local, qube, port]) => (addr, *local, *qube, *port),
         (addr, [local, qube]) => (addr, *local, *qube, *local),
-        _ => {
-            return Err(format!(
-                "'{}' is not [ADDR:]LOCALPORT:QUBE[:PORT] (for example 2222:work:22)",
-                spec.escape_debug()
-            ));
-        }
+        _ => return Err(SpecError::NotTcp(spec.to_owned())),
     };
     Ok(Forward {
         listen: Listen::Tcp(SocketAddr::new(
             addr.unwrap_or(LOCALHOST),
-            Port::parse(local).map_err(|e| e.to_string())?.get(),
+            Port::parse(local)?.get(),
         )),
         target: target(qube)?,
-        kind: Kind::Tcp(Port::parse(port).map_err(|e| e.to_string())?),
+        kind: Kind::Tcp(Port::parse(port)?),
     })
 }
 
 /// `[ADDR:]LOCALPORT:QUBE:PORT-BINDADDR`.
-fn tcp_bind(spec: &str) -> Result<Forward, String> {
+fn tcp_bind(spec: &str) -> Result<Forward, SpecError> {
     let (addr, rest) = split_addr(spec)?;
     let parts: Vec<&str> = rest.split(':').collect();
     let (addr, local, qube, bind) = match (addr, parts.as_slice()) {
         (None, [a, local, qube, bind]) => (Some(ipv4(a)?), *local, *qube, *bind),
         (addr, [local, qube, bind]) => (addr, *local, *qube, *bind),
-        _ => {
-            return Err(format!(
-                "'{}' is not [ADDR:]LOCALPORT:QUBE:PORT-BINDADDR (for example 2049:nfs:2049-127.0.1.1)",
-                spec.escape_debug()
-            ));
-        }
+        _ => return Err(SpecError::NotTcpBind(spec.to_owned())),
     };
     Ok(Forward {
         listen: Listen::Tcp(SocketAddr::new(
             addr.unwrap_or(LOCALHOST),
-            Port::parse(local).map_err(|e| e.to_string())?.get(),
+            Port::parse(local)?.get(),
         )),
         target: target(qube)?,
-        kind: Kind::TcpBind(TcpBind::parse(bind).map_err(|e| e.to_string())?),
+        kind: Kind::TcpBind(TcpBind::parse(bind)?),
     })
 }
 
 /// Splits a leading `[IPV6]:` off; an IPv4 address is left to the caller,
 /// which alone knows how many fields follow.
-fn split_addr(s: &str) -> Result<(Option<IpAddr>, &str), String> {
+fn split_addr(s: &str) -> Result<(Option<IpAddr>, &str), SpecError> {
     let Some(bracketed) = s.strip_prefix('[') else {
         return match s.split_once(':') {
             // `ADDR:PORT` for Listen::parse: one colon, an address before it.
@@ -179,49 +170,43 @@ fn split_addr(s: &str) -> Result<(Option<IpAddr>, &str), String> {
             _ => Ok((None, s)),
         };
     };
-    let (addr, rest) = bracketed.split_once("]:").ok_or_else(|| {
-        format!(
-            "'{}': an IPv6 address is written [ADDR]:PORT",
-            s.escape_debug()
-        )
-    })?;
+    let (addr, rest) = bracketed
+        .split_once("]:")
+        .ok_or_else(|| SpecError::Ipv6Unclosed(s.to_owned()))?;
     let addr: Ipv6Addr = addr
         .parse()
-        .map_err(|_| format!("'{}' is not an IPv6 address", addr.escape_debug()))?;
+        .map_err(|_| SpecError::NotIpv6(addr.to_owned()))?;
     Ok((Some(IpAddr::V6(addr)), rest))
 }
 
-fn ipv4(s: &str) -> Result<IpAddr, String> {
-    s.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| {
-        format!(
-            "'{}' is not an IPv4 address (write IPv6 as [::1])",
-            s.escape_debug()
-        )
-    })
+fn ipv4(s: &str) -> Result<IpAddr, SpecError> {
+    s.parse::<Ipv4Addr>()
+        .map(IpAddr::V4)
+        .map_err(|_| SpecError::NotIpv4(s.to_owned()))
 }
 
 /// The qube: any target the daemon accepts, refused where qrexec would rewrite it.
-fn target(s: &str) -> Result<Target, String> {
-    Target::parse(s).map_err(|e| format!("qube '{}': {e}", s.escape_debug()))
+fn target(s: &str) -> Result<Target, SpecError> {
+    Target::parse(s).map_err(|e| SpecError::Qube(s.to_owned(), e))
 }
 
 /// A Unix socket path systemd can bind and we can write in a unit line.
-fn unix_path(s: &str) -> Result<String, String> {
-    let bad = |why: &str| Err(format!("socket path '{}': {why}", s.escape_debug()));
+fn unix_path(s: &str) -> Result<String, SpecError> {
+    let bad = |why| Err(SpecError::SocketPath(s.to_owned(), why));
     if !(s.starts_with('/') || s.starts_with("%t/") || s.starts_with("%h/")) {
-        return bad("must be absolute, or start with %t/ or %h/");
+        return bad(PathProblem::NotAbsolute);
     }
     if s.len() > MAX_SOCKET_PATH {
-        return bad("too long for a Unix socket");
+        return bad(PathProblem::TooLong);
     }
     if let Some(c) = s.chars().find(|&c| c.is_whitespace() || c.is_control()) {
-        return bad(&format!("contains {c:?}"));
+        return bad(PathProblem::Char(c));
     }
     if s[1..].contains('%') || s.contains('\\') {
-        return bad("only a leading %t/ or %h/ is expanded; no other % or \\");
+        return bad(PathProblem::Percent);
     }
     if s.split('/').any(|part| part == "." || part == "..") || s.ends_with('/') {
-        return bad("has a . or .. component, or ends with /");
+        return bad(PathProblem::DotComponent);
     }
     Ok(s.to_owned())
 }
@@ -229,8 +214,9 @@ fn unix_path(s: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ParseError;
 
-    fn add(words: &str) -> Result<Forward, String> {
+    fn add(words: &str) -> Result<Forward, SpecError> {
         Forward::parse(&words.split(' ').collect::<Vec<_>>())
     }
 
@@ -281,24 +267,48 @@ mod tests {
             assert_eq!(f.target.as_str(), qube, "{spec}");
             assert_eq!(f.call().as_str(), call, "{spec}");
         }
-        for bad in [
-            "tcp 2222",
-            "tcp 2222:work:22:1",
-            "tcp 0:work:22",
-            "tcp 2222:work:022",
-            "tcp 2222:wo/rk:22",
-            "tcp 2222:wörk:22",
-            "tcp 2222:@anyvm:22",
-            "tcp 2222:@dispvm:web-dvm:22",
-            "tcp 10.0.0.300:2222:work:22",
-            "tcp [::1:2222:work:22",
-            "tcp [nope]:2222:work:22",
-            "tcp ::1:2222:work:22",
-            "tcp",
-            "tcp a b",
-            "udp 53:dns",
+    }
+
+    #[test]
+    fn tcp_refusals() {
+        use crate::error::QubeNameError as Q;
+        let qube = |q: &str, e| SpecError::Qube(q.into(), e);
+        let port = |p: &str| SpecError::Parse(ParseError::Port(p.into()));
+        let not_ipv4 = |a: &str| SpecError::NotIpv4(a.into());
+        let words = SpecError::WordCount("tcp".into());
+        for (bad, why) in [
+            ("tcp 2222", SpecError::NotTcp("2222".into())),
+            ("tcp 2222:work:22:1", not_ipv4("2222")),
+            ("tcp 0:work:22", port("0")),
+            ("tcp 2222:work:022", port("022")),
+            (
+                "tcp 2222:wo/rk:22",
+                qube("wo/rk", ParseError::QubeName(Q::Char('/'))),
+            ),
+            (
+                "tcp 2222:wörk:22",
+                qube("wörk", ParseError::QubeName(Q::Char('ö'))),
+            ),
+            (
+                "tcp 2222:@anyvm:22",
+                qube("@anyvm", ParseError::UnknownKeyword("anyvm".into())),
+            ),
+            ("tcp 2222:@dispvm:web-dvm:22", not_ipv4("2222")),
+            ("tcp 10.0.0.300:2222:work:22", not_ipv4("10.0.0.300")),
+            (
+                "tcp [::1:2222:work:22",
+                SpecError::Ipv6Unclosed("[::1:2222:work:22".into()),
+            ),
+            ("tcp [nope]:2222:work:22", SpecError::NotIpv6("nope".into())),
+            (
+                "tcp ::1:2222:work:22",
+                SpecError::NotTcp("::1:2222:work:22".into()),
+            ),
+            ("tcp", words.clone()),
+            ("tcp a b", words),
+            ("udp 53:dns", SpecError::UnknownKind("udp".into())),
         ] {
-            assert!(add(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(add(bad), Err(why), "{bad:?}");
         }
     }
 
@@ -327,25 +337,68 @@ mod tests {
         assert_eq!(f.listen.to_string(), "[::1]:8000");
         let f = add("call 127.0.0.5:8000 work a.B").unwrap();
         assert_eq!(f.listen.to_string(), "127.0.0.5:8000");
-        for bad in [
-            "tcp-bind 2049:nfs:2049",
-            "tcp-bind 2049:nfs:2049-10.0.0.1",
-            "unix relative/path vault ssh",
-            "unix /a/../b vault ssh",
-            "unix /a/b vault .ssh",
-            "unix /a/b vault a+b",
-            "unix %x/b vault ssh",
-            "unix /a%t/b vault ssh",
-            "unix /a/b/ vault ssh",
-            "call 8000 work qubes.X/y",
-            "call 8000 work +x",
-            "call 8000 wo:rk qubes.X",
-            "call 0 work qubes.X",
-            "call work qubes.X",
+    }
+
+    #[test]
+    fn other_refusals() {
+        let path = |p: &str, why| SpecError::SocketPath(p.into(), why);
+        let parse = SpecError::Parse;
+        let ten = std::net::Ipv4Addr::new(10, 0, 0, 1);
+        for (bad, why) in [
+            (
+                "tcp-bind 2049:nfs:2049",
+                parse(ParseError::NotPortBindAddr("2049".into())),
+            ),
+            (
+                "tcp-bind 2049:nfs:2049-10.0.0.1",
+                parse(ParseError::BindNotLoopback(ten)),
+            ),
+            (
+                "unix relative/path vault ssh",
+                path("relative/path", PathProblem::NotAbsolute),
+            ),
+            (
+                "unix /a/../b vault ssh",
+                path("/a/../b", PathProblem::DotComponent),
+            ),
+            (
+                "unix /a/b vault .ssh",
+                parse(ParseError::HiddenSocketName(".ssh".into())),
+            ),
+            (
+                "unix /a/b vault a+b",
+                parse(ParseError::SocketNameChar('+')),
+            ),
+            (
+                "unix %x/b vault ssh",
+                path("%x/b", PathProblem::NotAbsolute),
+            ),
+            (
+                "unix /a%t/b vault ssh",
+                path("/a%t/b", PathProblem::Percent),
+            ),
+            (
+                "unix /a/b/ vault ssh",
+                path("/a/b/", PathProblem::DotComponent),
+            ),
+            ("call 8000 work qubes.X/y", parse(ParseError::CallChar('/'))),
+            ("call 8000 work +x", parse(ParseError::CallStartsWithPlus)),
+            (
+                "call 8000 wo:rk qubes.X",
+                SpecError::Qube(
+                    "wo:rk".into(),
+                    ParseError::QubeName(crate::error::QubeNameError::Char(':')),
+                ),
+            ),
+            ("call 0 work qubes.X", parse(ParseError::Port("0".into()))),
+            ("call work qubes.X", SpecError::WordCount("call".into())),
         ] {
-            assert!(add(bad).is_err(), "{bad:?} accepted");
+            assert_eq!(add(bad), Err(why), "{bad:?}");
         }
-        let long = format!("unix /{} vault ssh", "a".repeat(MAX_SOCKET_PATH));
-        assert!(add(&long).is_err());
+        let long = format!("/{}", "a".repeat(MAX_SOCKET_PATH));
+        assert_eq!(
+            add(&format!("unix {long} vault ssh")),
+            Err(path(&long, PathProblem::TooLong))
+        );
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
+use super::options::check_passed_options;
 use crate::applet::{Applet, Kind};
 use crate::argument::{Port, SocketName, TcpBind};
 use crate::call::Call;
@@ -149,56 +150,6 @@ fn plain_call(args: &Args) -> Result<Option<Call>> {
     }
 }
 
-/// Our options that take a value. argh knows only `--name value`; the
-/// documentation (and systemd units) write `--name=value` too.
-const VALUE_OPTIONS: &[&str] = &[
-    "--service",
-    "--argument",
-    "--max-connections",
-    "--drain-timeout",
-    "--exit-idle-time",
-    "--stdin-socket",
-    "--qrexec-client-vm",
-];
-
-/// Splits `--name=value` of our value options, up to `--` (what follows is
-/// qrexec-client-vm's, such as `--buffer-size=N`, and stays whole).
-pub(super) fn split_values<'a>(raw: &[&'a str]) -> Vec<&'a str> {
-    let mut args = Vec::with_capacity(raw.len() + 2);
-    let mut ours = true;
-    for &arg in raw {
-        if ours {
-            if arg == "--" {
-                ours = false;
-            } else if let Some((name, value)) = arg.split_once('=')
-                && VALUE_OPTIONS.contains(&name)
-            {
-                args.extend([name, value]);
-                continue;
-            }
-        }
-        args.push(arg);
-    }
-    args
-}
-
-/// Checks the words passed on to qrexec-client-vm: each must be an option.
-/// qrexec-client-vm's options end at its first other word, which it takes
-/// for the target: `junk --use-stdin-socket -- work CALL` would call the
-/// service `--use-stdin-socket` in the qube `junk` and run `--` locally. A
-/// lone `-` is such a word too: getopt takes it for the first operand.
-fn check_passed_options(options: &[OsString]) -> Result<()> {
-    match options.iter().find(|o| {
-        o.as_encoded_bytes().first() != Some(&b'-') || o.as_os_str() == "--" || o.as_os_str() == "-"
-    }) {
-        Some(bad) => Err(Error::Usage(format!(
-            "{bad:?} is not an option for qrexec-client-vm: the words after `--` (and after \
-             the instance) must each be one option, such as --buffer-size=65536"
-        ))),
-        None => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,55 +184,6 @@ mod tests {
         assert_eq!(call.unwrap().as_str(), "qubes.ConnectTCP+80");
         let (_, used) = call_of("qrexec-connect-tcp", &["22", "--", "--buffer-size=1"]).unwrap();
         assert_eq!(used, 1);
-    }
-
-    #[test]
-    fn value_options_with_equals() {
-        assert_eq!(
-            split_values(&[
-                "--stdin-socket=no",
-                "22",
-                "--max-connections=5",
-                "--",
-                "--buffer-size=1"
-            ]),
-            [
-                "--stdin-socket",
-                "no",
-                "22",
-                "--max-connections",
-                "5",
-                "--",
-                "--buffer-size=1"
-            ]
-        );
-        assert_eq!(
-            split_values(&["--verbose=1"]),
-            ["--verbose=1"],
-            "not a value option"
-        );
-        assert_eq!(
-            split_values(&["--service=a=b"]),
-            ["--service", "a=b"],
-            "split at the first ="
-        );
-    }
-
-    #[test]
-    fn passed_words_must_be_options() {
-        let words = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
-        assert!(check_passed_options(&words(&["--buffer-size=1", "-t"])).is_ok());
-        assert!(check_passed_options(&words(&[])).is_ok());
-        for bad in [
-            &["junk"][..],
-            &["--"][..],
-            &["-"][..],
-            &["-t", "-"][..],
-            &["-a", "/run/x"][..],
-            &[""][..],
-        ] {
-            assert!(check_passed_options(&words(bad)).is_err(), "{bad:?}");
-        }
     }
 
     #[test]

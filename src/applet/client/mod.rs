@@ -8,11 +8,13 @@
 //! `qrexec-connect` takes the call from each socket's name or `--service`.
 
 mod config;
+mod options;
 mod routes;
 
 use log::{info, warn};
 
-use self::config::{Args, Config, split_values};
+use self::config::{Args, Config};
+use self::options::split_values;
 use self::routes::{Sockets, sockets};
 use super::{Applet, Kind};
 use crate::activation;

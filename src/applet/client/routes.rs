@@ -3,11 +3,12 @@
 
 use log::{info, warn};
 
-use crate::activation::{self, Passed};
+use crate::activation::Passed;
 use crate::call::{Call, FdName, SystemdDefault, Target};
 use crate::daemon::{Accepted, Listener};
 use crate::dropin;
 use crate::error::{Error, Result};
+use crate::own_unit::OwnUnit;
 
 /// What the passed sockets are: listeners, or the one connection systemd
 /// accepted for us (`Accept=yes`).
@@ -19,7 +20,8 @@ pub(super) enum Sockets {
 /// Routes every passed socket; refuses a connected one among several.
 pub(super) fn sockets(mut passed: Vec<Passed>, call: Option<&Call>) -> Result<Sockets> {
     let sources = names_from_drop_ins(&mut passed)?;
-    let routes = route(&passed, call, activation::own_socket_unit().as_deref())?;
+    let own = OwnUnit::current();
+    let routes = route(&passed, call, own.as_ref(), OwnUnit::triggered_by)?;
     if let Some(p) = passed.iter().find(|p| !p.listening)
         && passed.len() > 1
     {
@@ -73,23 +75,35 @@ fn names_from_drop_ins(passed: &mut [Passed]) -> Result<Vec<Option<String>>> {
 }
 
 /// Decides each socket's target and call from its name; refuses the first
-/// bad one, naming it and its address. `own_socket_unit`: see
-/// [`SystemdDefault`].
+/// bad one, naming it and its address. Our own unit's socket is known from
+/// the cgroup (`own`); `ask` says which socket units trigger our service,
+/// and runs only for a name that needs it (see [`SystemdDefault`]).
 fn route(
     passed: &[Passed],
     call: Option<&Call>,
-    own_socket_unit: Option<&str>,
+    own: Option<&OwnUnit>,
+    ask: impl FnOnce(&OwnUnit) -> std::result::Result<Vec<String>, String>,
 ) -> Result<Vec<(Target, Call)>> {
+    let default = |p: &Passed, triggered_by| SystemdDefault {
+        accepted: !p.listening,
+        own_socket_unit: own.map(|u| u.socket.as_str()),
+        triggered_by,
+    };
+    let unknown = passed.iter().find(|p| {
+        p.name
+            .as_deref()
+            .is_some_and(|name| default(p, None).is(name).is_none())
+    });
+    let triggered_by = match (unknown, own) {
+        (Some(p), Some(own)) => Some(ask(own).map_err(|why| cannot_tell(p, own, &why))?),
+        _ => None,
+    };
     let mut defaulted = false;
     let mut unit_like = Vec::new();
     let routes = passed
         .iter()
         .map(|p| {
-            let default = SystemdDefault {
-                accepted: !p.listening,
-                own_socket_unit,
-            };
-            let (parsed, route) = route_one(p, call, &default)?;
+            let (parsed, route) = route_one(p, call, &default(p, triggered_by.as_deref()))?;
             match parsed {
                 FdName::Unnamed => defaulted = true,
                 FdName::Target(_) if route.0.as_str().ends_with(".socket") => unit_like.push(p),
@@ -103,13 +117,26 @@ fn route(
     }
     for p in unit_like {
         warn!(
-            "socket {} calls the qube {}: a socket unit's own name is systemd's default \
-             FileDescriptorName, taken as @default only for the unit named like this service",
+            "socket {} calls the qube {}: a name ending in .socket means @default only when \
+             it is the name of a socket unit that passes its sockets to this service",
             p.addr,
             p.name.as_deref().unwrap_or("")
         );
     }
     Ok(routes)
+}
+
+/// The refusal when our manager cannot say whether a socket's name is
+/// systemd's default: a guess could send connections to the wrong qube.
+fn cannot_tell(p: &Passed, own: &OwnUnit, why: &str) -> Error {
+    Error::Usage(format!(
+        "socket {} is named {:?}, which is systemd's default name if the socket unit of \
+         that name passed it, else a qube's; asking which socket units trigger {} failed \
+         ({why}): set FileDescriptorName= in the socket unit (a qube, or @default)",
+        p.addr,
+        p.name.as_deref().unwrap_or(""),
+        own.service
+    ))
 }
 
 /// One socket's route, and what its name said.
