@@ -66,7 +66,10 @@ fuzz_target!(|data: &[u8]| {
         Parsed::Refused(r) => {
             one_line(&r);
             let reply = r.reply();
-            assert!(reply.is_empty() || (reply.len() == 10 && reply[1] != 0), "{reply:?}");
+            assert!(
+                reply.is_empty() || (reply.len() == 10 && reply[1] != 0),
+                "{reply:?}"
+            );
         }
     }
 });
