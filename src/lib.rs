@@ -8,7 +8,7 @@
 //! The library is public only where the fuzz targets and the property tests
 //! call the pure parsers (`activation::parse`, `argument`, `call`,
 //! `applet::service::{Destination, call_argument}`, `stdin_socket`'s cache
-//! format); everything else is `pub(crate)`.
+//! format, the SOCKS5 handshake in `socks`); everything else is `pub(crate)`.
 #![deny(unsafe_code)]
 
 pub mod activation;
@@ -26,6 +26,7 @@ pub(crate) mod own_unit;
 mod parse_error;
 pub(crate) mod qrexec;
 pub(crate) mod relay;
+pub mod socks;
 pub mod stdin_socket;
 pub(crate) mod sys;
 

@@ -365,3 +365,24 @@ fn service_applet_socket_missing_end_to_end() {
     symlink(&socket, allow_list.join("ssh-agent")).unwrap();
     assert_serves(&daemon);
 }
+
+/// A refusal is followed by the dom0 policy line that would allow the call,
+/// once for the listener, however many of its connections are refused;
+/// with no `qubesdb-read` here, a placeholder stands for this qube.
+#[test]
+fn refusal_names_the_policy_line_once() {
+    let world = echo_world();
+    world.policy("qubes.ConnectTCP +1234 client work deny\n");
+    let daemon = daemon_with(&world, |a| a.env("PATH", "/usr/bin:/bin"));
+    assert_closed_without_data(&daemon);
+    assert_closed_without_data(&daemon);
+    let text = daemon.wait_stderr_count("(status 126)", 2);
+    let line = "qubes.ConnectTCP  +1234  <this-qube>  work  allow";
+    assert_eq!(text.matches(line).count(), 1, "{text}");
+    let hint = text.lines().find(|l| l.contains(line)).unwrap();
+    assert!(
+        hint.contains("/etc/qubes/policy.d/30-user.policy"),
+        "{hint}"
+    );
+    assert!(text.find(hint).unwrap() > text.find("(status 126)").unwrap());
+}

@@ -64,6 +64,9 @@ fn layout(prefix: &str, qrexec_dir: &str, client: bool, service: bool) -> BTreeM
         dir(&format!(
             "{prefix}/lib/systemd/user/qrexec-connect-.socket.d"
         ));
+        dir(&format!(
+            "{prefix}/lib/systemd/user/qrexec-connect-socks.socket.d"
+        ));
         for t in ["tcp", "tcp-bind", "unix"] {
             dir(&format!(
                 "{prefix}/lib/systemd/user/qrexec-connect-{t}@.socket.d"
@@ -86,6 +89,7 @@ fn layout(prefix: &str, qrexec_dir: &str, client: bool, service: bool) -> BTreeM
             "644".into(),
         );
         for name in [
+            "qrexec-connect-socks",
             "qrexec-connect-ssh-proxy",
             "qrexec-connect-tcp",
             "qrexec-connect-tcp-bind",
@@ -97,6 +101,9 @@ fn layout(prefix: &str, qrexec_dir: &str, client: bool, service: bool) -> BTreeM
         for file in [
             "qrexec-connect.service",
             "qrexec-connect-.socket.d/service.conf",
+            "qrexec-connect-socks.socket",
+            "qrexec-connect-socks.service",
+            "qrexec-connect-socks.socket.d/service.conf",
             "qrexec-connect-tcp@.socket",
             "qrexec-connect-tcp@.service",
             "qrexec-connect-tcp@.socket.d/service.conf",
@@ -168,6 +175,9 @@ fn assert_units(root: &Path, prefix: &str) {
     assert_eq!(
         exec_starts,
         [
+            format!(
+                "qrexec-connect-socks.service: ExecStart={p}/qrexec-connect-socks --exit-idle-time 60"
+            ),
             format!("qrexec-connect-tcp-bind@.service: ExecStart={p}/qrexec-connect-tcp-bind %i"),
             format!("qrexec-connect-tcp@.service: ExecStart={p}/qrexec-connect-tcp %i"),
             format!("qrexec-connect-unix@.service: ExecStart={p}/qrexec-connect-unix %i"),

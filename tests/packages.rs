@@ -114,7 +114,7 @@ fn man_pages_name_every_applet_and_option() {
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .collect();
-    assert_eq!(applets.len(), 8, "{list}");
+    assert_eq!(applets.len(), 9, "{list}");
     for applet in &applets {
         assert!(text.contains(applet), "no man page names {applet}");
         let help = run(binary, &[applet, "--help"]);

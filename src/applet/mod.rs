@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod service;
+pub mod socks;
 pub mod ssh_proxy;
 
 use crate::error::Result;
@@ -20,6 +21,8 @@ pub enum Kind {
     /// `qrexec-connect-ssh-proxy HOST PORT`: ssh's ProxyCommand, becomes
     /// `qrexec-client-vm QUBE qubes.ConnectTCP+PORT`.
     SshProxy,
+    /// `qrexec-connect-socks`: a SOCKS5 proxy whose destinations are qubes.
+    Socks,
     /// The service `qubes.ConnectUnix+NAME`.
     ConnectUnix,
     /// The service `qubes.ConnectTCPBind+PORT-BINDADDR`.
@@ -59,6 +62,7 @@ impl Applet {
                 service::run(self, pinned, args)
             }
             Kind::SshProxy => ssh_proxy::run(self, args),
+            Kind::Socks => socks::run(self, args),
             Kind::Plain | Kind::Tcp | Kind::TcpBind | Kind::Unix => client::run(self, args),
         }
     }
@@ -97,6 +101,12 @@ pub const APPLETS: &[Applet] = &[
         short: Some("ssh-proxy"),
         about: "ssh's ProxyCommand for QUBE.qube: become qrexec-client-vm QUBE qubes.ConnectTCP+PORT",
         kind: Kind::SshProxy,
+    },
+    Applet {
+        name: "qrexec-connect-socks",
+        short: Some("socks"),
+        about: "SOCKS5 proxy: each CONNECT to QUBE.qube:PORT becomes qubes.ConnectTCP+PORT to QUBE",
+        kind: Kind::Socks,
     },
     Applet {
         name: "qubes.ConnectUnix",

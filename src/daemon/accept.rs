@@ -59,7 +59,18 @@ impl Context {
                             ACCEPT_BACKOFF.as_millis()
                         );
                     }
-                    self.start(index, fd, addr);
+                    if self.socks.is_some() {
+                        self.begin_handshake(index, fd, addr);
+                        if !self.has_room() {
+                            debug!(
+                                "{} SOCKS5 connections pending, pausing accepting",
+                                self.open()
+                            );
+                            self.pause_accepting();
+                        }
+                    } else {
+                        self.start(index, fd, addr);
+                    }
                     continue;
                 }
                 Err(e) => e,

@@ -120,7 +120,8 @@ impl Context {
             debug!("reaped pid {pid}, not a connection's");
             return;
         };
-        let route = self.listeners[conn.listener as usize].route();
+        let route =
+            super::socks::route_of(&self.listeners, self.socks.as_deref(), pid, conn.listener);
         let mut partial = self.stderr.take_partial(pid);
         let outcome = Outcome {
             exit,
@@ -135,18 +136,19 @@ impl Context {
             conn.started,
         );
         self.counters.ended(&outcome);
+        if outcome.is_refusal() {
+            self.hints.refused(route);
+        }
+        if let Some(socks) = self.socks.as_mut() {
+            socks.ended(pid);
+            self.start_queued();
+        }
         let now = Instant::now();
-        if self.connections.len() == 0 {
+        if self.open() == 0 {
             self.lifecycle.idle(now);
         }
         self.status.changed(now);
-        if self.lifecycle.is_serving()
-            && !self.backoff.is_pausing()
-            && self.connections.len() < self.max_connections
-            && let Err(e) = self.set_accepting(true)
-        {
-            error!("{e}, ignoring");
-        }
+        self.resume_accepting();
     }
 
     /// Does what the lifecycle says about the children.

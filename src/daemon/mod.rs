@@ -17,15 +17,21 @@
 //! children; `connection` and `table`: a connection's life and the table of
 //! open ones by pid; `stderr` and `lines`: the children's stderr as log
 //! lines; `report`: a connection's log lines; `lifecycle`: draining, idle
-//! exit and back-off; `status`: STATUS= and its counters; `accepted`:
-//! Accept=yes.
+//! exit and back-off; `status`: STATUS= and its counters; `hint`: the dom0
+//! policy line after a refusal; `accepted`: Accept=yes; `socks`,
+//! `handshake` and `starting`: the SOCKS5 front door, its handshakes and its
+//! limit on calls starting at once.
 
 mod accept;
 mod accepted;
 mod connection;
+mod handshake;
+mod hint;
 mod lifecycle;
 mod lines;
 mod report;
+mod socks;
+mod starting;
 mod status;
 mod stderr;
 mod table;
@@ -39,6 +45,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 pub use accepted::{Accepted, serve_one};
+pub use socks::SocksOptions;
 
 use crate::call::{Call, Target};
 use crate::error::{IoContext as _, Result};
@@ -48,8 +55,10 @@ use crate::sys::process::{Exit, Pid, SignalPipe, signal_name};
 use crate::sys::socket::SockAddr;
 use crate::sys::spawn::Program;
 use connection::Connection;
+use hint::Hints;
 use lifecycle::{Backoff, Lifecycle, Step};
 use report::Route;
+use socks::{HANDSHAKE_TOKENS, Socks};
 use status::{Counters, Status};
 use stderr::SharedStderr;
 use table::Table;
@@ -112,6 +121,10 @@ struct Context {
     lifecycle: Lifecycle,
     /// SIGPIPE is logged once (see on_signals).
     sigpipe_logged: bool,
+    /// The policy lines logged after refusals.
+    hints: Hints,
+    /// The SOCKS5 front door's state; `None` for every other applet.
+    socks: Option<Box<Socks>>,
 }
 
 /// Serves the listeners until a signal or idleness ends the daemon.
@@ -119,6 +132,28 @@ pub fn run(
     listeners: Vec<Listener>,
     client: Client,
     options: Options,
+    notifier: Notifier,
+) -> Result<()> {
+    serve(listeners, client, options, None, notifier)
+}
+
+/// Serves the listeners as SOCKS5 proxies: each connection's handshake
+/// names its qube and port (the listeners' own target and call are unused).
+pub fn run_socks(
+    listeners: Vec<Listener>,
+    client: Client,
+    options: Options,
+    socks: SocksOptions,
+    notifier: Notifier,
+) -> Result<()> {
+    serve(listeners, client, options, Some(socks), notifier)
+}
+
+fn serve(
+    listeners: Vec<Listener>,
+    client: Client,
+    options: Options,
+    socks: Option<SocksOptions>,
     notifier: Notifier,
 ) -> Result<()> {
     let poll = Poll::new().context(|| "create the event loop".into())?;
@@ -140,17 +175,30 @@ pub fn run(
     // Only now that SIGTERM is handled: a manager that sees these lines may
     // stop us at once, and must get a clean exit.
     for l in &listeners {
-        let source = l.source.as_ref().map(|s| format!(" ({s})"));
-        let source = source.as_deref().unwrap_or_default();
-        info!(target: "listener", "{} -> {} {}{source}", l.addr, l.target, l.call);
+        match &socks {
+            None => {
+                let source = l.source.as_ref().map(|s| format!(" ({s})"));
+                let source = source.as_deref().unwrap_or_default();
+                info!(target: "listener", "{} -> {} {}{source}", l.addr, l.target, l.call);
+            }
+            Some(s) => info!(
+                target: "listener",
+                "{} -> SOCKS5 CONNECT QUBE.qube:PORT -> QUBE qubes.ConnectTCP+PORT, {} calls starting at once at most",
+                l.addr, s.max_starting
+            ),
+        }
     }
     let stderr = SharedStderr::new(poll.registry(), STDERR)
         .context(|| "create the children's stderr".into())?;
-    let programs = listeners
-        .iter()
-        .map(|l| client.program(&l.target, &l.call))
-        .collect::<io::Result<Vec<_>>>()
-        .context(|| format!("prepare {}", client.path.display()))?;
+    // The SOCKS listeners' calls come from each handshake.
+    let programs = match socks {
+        Some(_) => Vec::new(),
+        None => listeners
+            .iter()
+            .map(|l| client.program(&l.target, &l.call))
+            .collect::<io::Result<Vec<_>>>()
+            .context(|| format!("prepare {}", client.path.display()))?,
+    };
     for listener in &listeners {
         crate::sys::set_nonblocking(listener.fd.as_fd(), true)
             .context(|| format!("make fd {} non-blocking", listener.fd.as_raw_fd()))?;
@@ -172,6 +220,8 @@ pub fn run(
         backoff: Backoff::default(),
         lifecycle: Lifecycle::new(&options, Instant::now()),
         sigpipe_logged: false,
+        hints: Hints::default(),
+        socks: socks.map(|s| Box::new(Socks::new(&s))),
     };
     cx.set_accepting(true)?;
     cx.notify("READY=1");
@@ -200,6 +250,7 @@ impl Context {
                 match event.token() {
                     SIGNALS => self.on_signals(),
                     STDERR => self.stderr.pending = true,
+                    Token(i) if i >= HANDSHAKE_TOKENS => self.on_handshake(i - HANDSHAKE_TOKENS),
                     Token(i) => self.accept_all(i),
                 }
             }
@@ -216,8 +267,9 @@ impl Context {
     fn next_deadline(&self) -> Option<Instant> {
         [
             self.backoff.deadline(),
-            self.lifecycle.deadline(self.connections.len()),
+            self.lifecycle.deadline(self.open()),
             self.status.deadline(),
+            self.socks.as_ref().and_then(|s| s.deadline()),
         ]
         .into_iter()
         .flatten()
@@ -227,12 +279,12 @@ impl Context {
     /// Acts on the timers that are due; `Ok(true)` when the daemon is done.
     fn on_timers(&mut self) -> Result<bool> {
         let now = Instant::now();
-        if self.backoff.expired(now)
-            && self.lifecycle.is_serving()
-            && self.connections.len() < self.max_connections
-        {
+        if self.backoff.expired(now) && self.lifecycle.is_serving() && self.has_room() {
             debug!("resuming accepting connections");
             self.set_accepting(true)?;
+        }
+        if self.socks.is_some() {
+            self.on_socks_timers(now);
         }
         if let Some(status) = self
             .status
@@ -240,9 +292,31 @@ impl Context {
         {
             self.notify(&status);
         }
-        let step = self.lifecycle.step(now, self.connections.len());
+        let step = self.lifecycle.step(now, self.open());
         self.end_children(&step);
         Ok(matches!(step, Step::Exit | Step::Kill))
+    }
+
+    /// Connections the daemon is responsible for: running, and (SOCKS) in
+    /// handshake or waiting to start.
+    fn open(&self) -> usize {
+        self.connections.len() + self.socks.as_ref().map_or(0, |s| s.pending())
+    }
+
+    /// Whether one more connection may be accepted.
+    fn has_room(&self) -> bool {
+        self.open() < self.max_connections && self.socks.as_ref().is_none_or(|s| s.has_room())
+    }
+
+    /// Accepts again, if it was paused for want of room and may resume.
+    fn resume_accepting(&mut self) {
+        if self.lifecycle.is_serving()
+            && !self.backoff.is_pausing()
+            && self.has_room()
+            && let Err(e) = self.set_accepting(true)
+        {
+            error!("{e}, ignoring");
+        }
     }
 
     fn notify(&self, message: &str) {
@@ -300,5 +374,6 @@ impl Context {
         self.notify("STOPPING=1");
         self.pause_accepting();
         self.backoff.cancel();
+        self.close_pending();
     }
 }

@@ -87,6 +87,11 @@ pub(super) fn not_started(
     );
 }
 
+/// A SOCKS5 handshake refused: what was asked and what was replied.
+pub(super) fn handshake_refused(peer: &Peer, refusal: &crate::socks::Refusal) {
+    log::warn!(target: "connection", "{peer} -> SOCKS5: {refusal}");
+}
+
 /// The connection ended: the rest of its stderr (the unfinished last line,
 /// what was past the limits), then the one line each connection leaves.
 pub(super) fn ended(

@@ -243,7 +243,12 @@ impl Context {
         let bytes = &buf[..n];
         match pid.and_then(|pid| self.connections.get_mut(pid)) {
             Some(conn) => {
-                let route = self.listeners[conn.listener as usize].route();
+                let route = super::socks::route_of(
+                    &self.listeners,
+                    self.socks.as_deref(),
+                    pid.expect("a connection's pid"),
+                    conn.listener,
+                );
                 let peer = conn.peer;
                 self.stderr
                     .assemble(pid, &mut conn.stderr, bytes, &mut |line| {

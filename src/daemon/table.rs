@@ -52,6 +52,11 @@ impl<T> Table<T> {
         self.index.insert(at, (pid, slot));
     }
 
+    pub(super) fn get(&self, pid: Pid) -> Option<&T> {
+        let at = self.find(pid).ok()?;
+        self.slots[self.index[at].1 as usize].as_ref()
+    }
+
     pub(super) fn get_mut(&mut self, pid: Pid) -> Option<&mut T> {
         let at = self.find(pid).ok()?;
         self.slots[self.index[at].1 as usize].as_mut()

@@ -217,6 +217,32 @@ pub fn recv_from_process(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usiz
     Ok((n as usize, pid))
 }
 
+/// `recv(MSG_DONTWAIT)`: what is there to read, without waiting, on a
+/// socket that stays blocking for the child it is handed to later.
+pub fn recv_nowait(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+    let n = syscall!(recv(
+        fd.as_raw_fd(),
+        buf.as_mut_ptr().cast(),
+        buf.len(),
+        libc::MSG_DONTWAIT
+    ))?;
+    Ok(n as usize)
+}
+
+/// `send(MSG_DONTWAIT | MSG_NOSIGNAL)`: no wait, and EPIPE rather than
+/// SIGPIPE when the peer is gone; may send less than all of `buf`.
+pub fn send_nowait(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes.
+    let n = syscall!(send(
+        fd.as_raw_fd(),
+        buf.as_ptr().cast(),
+        buf.len(),
+        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
+    ))?;
+    Ok(n as usize)
+}
+
 /// `ioctl(FIONREAD)`: bytes waiting to be read on a socket.
 pub fn queued_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;

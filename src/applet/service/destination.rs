@@ -42,7 +42,7 @@ impl Destination {
                 port: Port::parse(&NFS_PORT.to_string())?,
                 bind: LoopbackAddr::parse(argument)?,
             }),
-            Kind::Plain | Kind::Tcp | Kind::TcpBind | Kind::Unix | Kind::SshProxy => {
+            Kind::Plain | Kind::Tcp | Kind::TcpBind | Kind::Unix | Kind::SshProxy | Kind::Socks => {
                 unreachable!("{kind:?} is a client applet")
             }
         }
