@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use qrexec_connect_bench::load::Via;
 use qrexec_connect_bench::stats::{median, min_max, percentile};
 use qrexec_connect_bench::{load, procs, sys};
 
@@ -16,6 +17,11 @@ use crate::{Setup, rotated, show_command};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Peer {
     Ours,
+    /// The SOCKS5 applet as users get it: at most 8 calls starting at once.
+    Socks,
+    /// The same with the limit out of reach, at P above 8 only: the
+    /// handshake's own cost.
+    SocksUnlimited,
     Socat,
     Accept,
     Floor,
@@ -24,21 +30,29 @@ pub enum Peer {
     FloorAgain,
 }
 
-pub const PEERS: [Peer; 5] = [
+pub const PEERS: [Peer; 7] = [
     Peer::Ours,
+    Peer::Socks,
+    Peer::SocksUnlimited,
     Peer::Socat,
     Peer::Accept,
     Peer::Floor,
     Peer::FloorAgain,
 ];
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 7] = [
     "qrexec-connect-tcp",
+    "qrexec-connect-socks",
+    "qrexec-connect-socks --max-starting 1024",
     "socat",
     "Accept=yes",
     "floor",
     "floor, again",
 ];
 const FLOOR: &str = "floor";
+/// The SOCKS applet's default `--max-starting`.
+const SOCKS_MAX_STARTING: usize = 8;
+/// Its `--max-starting` for the second row: more than any P.
+const SOCKS_UNLIMITED: &str = "1024";
 /// A peer gets this long to start listening.
 const START_LIMIT: Duration = Duration::from_secs(15);
 /// Stand-ins and forks left after a measurement get this long to end.
@@ -47,6 +61,29 @@ const REAP_LIMIT: Duration = Duration::from_secs(10);
 impl Peer {
     pub fn name(self) -> &'static str {
         NAMES[self as usize]
+    }
+
+    fn is_socks(self) -> bool {
+        matches!(self, Peer::Socks | Peer::SocksUnlimited)
+    }
+
+    /// Whether it runs at parallelism `p`: without the limit only where the
+    /// limit could hold a call back.
+    fn rates_at(self, p: usize) -> bool {
+        self != Peer::SocksUnlimited || p > SOCKS_MAX_STARTING
+    }
+
+    /// Whether its bulk transfer and memory are measured: not the SOCKS
+    /// applet's, which hands the socket over as qrexec-connect-tcp does
+    /// (the bytes take the same path), and would start 1,000 held
+    /// connections 8 at a time, 500 ms each.
+    fn bulk_and_memory(self) -> bool {
+        !self.is_socks()
+    }
+
+    /// Whether its first connection is measured (the limit plays no part).
+    fn first_connection(self) -> bool {
+        !matches!(self, Peer::FloorAgain | Peer::SocksUnlimited)
     }
 
     /// Its command line, listening on `port`; None when a program is missing.
@@ -76,6 +113,26 @@ impl Peer {
                 "--qrexec-client-vm".into(),
                 standin,
             ],
+            Peer::Socks | Peer::SocksUnlimited => {
+                let name = "qrexec-connect-socks";
+                if !s.applets.iter().any(|a| a == name) {
+                    return Err(format!("this qrexec-connect has no {name} applet"));
+                }
+                let mut argv = vec![
+                    activate()?,
+                    "-l".into(),
+                    listen,
+                    "-E".into(),
+                    "RUNTIME_DIRECTORY".into(),
+                    bin(name),
+                    "--qrexec-client-vm".into(),
+                    standin,
+                ];
+                if self == Peer::SocksUnlimited {
+                    argv.extend(["--max-starting".into(), SOCKS_UNLIMITED.into()]);
+                }
+                argv
+            }
             Peer::Socat => vec![
                 s.socat
                     .as_ref()
@@ -116,6 +173,8 @@ impl Peer {
 struct Running {
     proc: procs::Proc,
     addr: SocketAddr,
+    /// How the load reaches the echo through it.
+    via: Via,
 }
 
 /// Starts `peer` on a free port and waits until it listens (by /proc, so a
@@ -145,6 +204,9 @@ fn start(s: &Setup, peer: Peer) -> Result<Running, String> {
             cmd.env("NOTIFY_SOCKET", &s.notify_path)
                 .env("RUNTIME_DIRECTORY", &s.runtime);
         }
+        if peer.is_socks() {
+            cmd.env("RUNTIME_DIRECTORY", &s.runtime_socks);
+        }
         let mut proc = procs::Proc::spawn(&mut cmd).map_err(|e| format!("{}: {e}", argv[0]))?;
         let deadline = Instant::now() + START_LIMIT;
         loop {
@@ -152,6 +214,11 @@ fn start(s: &Setup, peer: Peer) -> Result<Running, String> {
                 return Ok(Running {
                     proc,
                     addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    via: if peer.is_socks() {
+                        Via::Socks5 { port }
+                    } else {
+                        Via::Direct
+                    },
                 });
             }
             if proc.exited() {
@@ -215,13 +282,21 @@ pub fn run(s: &Setup, r: &mut Results) {
         for &p in &s.parallelism {
             rate_point(s, r, &peers, p, rep);
         }
-        bulk_point(s, r, &peers, rep);
+        let bulk: Vec<Peer> = peers
+            .iter()
+            .copied()
+            .filter(|p| p.bulk_and_memory())
+            .collect();
+        bulk_point(s, r, &bulk, rep);
         let once: Vec<Peer> = peers
             .iter()
             .copied()
-            .filter(|&p| p != Peer::FloorAgain)
+            .filter(|&p| p.first_connection())
             .collect();
         for peer in rotated(&once, rep) {
+            if !peer.bulk_and_memory() {
+                continue;
+            }
             if let Err(e) = memory_point(s, r, peer) {
                 r.note(format!("{} memory: {e}", peer.name()));
             }
@@ -251,7 +326,7 @@ impl Side {
         let mut i = 0;
         while i < side.running.len() {
             let (peer, running) = &side.running[i];
-            match load::one_line(running.addr) {
+            match load::one_line(running.addr, running.via) {
                 Ok(_) => i += 1,
                 Err(e) => {
                     let peer = *peer;
@@ -296,7 +371,8 @@ impl Side {
 /// shared host) then falls on every peer alike instead of on whichever ran
 /// at that moment.
 fn rate_point(s: &Setup, r: &mut Results, peers: &[Peer], p: usize, rep: usize) {
-    let side = Side::start(s, r, peers, &format!("at parallelism {p}"));
+    let peers: Vec<Peer> = peers.iter().copied().filter(|x| x.rates_at(p)).collect();
+    let side = Side::start(s, r, &peers, &format!("at parallelism {p}"));
     let slice = Duration::from_secs_f64(s.seconds / s.slices as f64);
     let mut totals: Vec<load::Rate> = side.running.iter().map(|_| load::Rate::default()).collect();
     let order: Vec<usize> = (0..side.running.len()).collect();
@@ -309,9 +385,9 @@ fn rate_point(s: &Setup, r: &mut Results, peers: &[Peer], p: usize, rep: usize) 
             if totals[i].elapsed >= budget {
                 continue;
             }
-            let addr = side.running[i].1.addr;
+            let (addr, via) = (side.running[i].1.addr, side.running[i].1.via);
             let max = s.max_connections / s.slices as u64;
-            totals[i].add(load::rate(addr, p, slice, max));
+            totals[i].add(load::rate(addr, via, p, slice, max));
         }
     }
     let counted: Vec<Peer> = side.running.iter().map(|(peer, _)| *peer).collect();
@@ -415,7 +491,7 @@ fn memory_point(s: &Setup, r: &mut Results, peer: Peer) -> Result<(), String> {
 }
 
 fn memory_levels(s: &Setup, r: &mut Results, peer: Peer, running: &Running) -> Result<(), String> {
-    load::one_line(running.addr).map_err(|e| format!("first connection: {e}"))?;
+    load::one_line(running.addr, running.via).map_err(|e| format!("first connection: {e}"))?;
     let root = running.proc.pid;
     // Idle means the first connection's stand-in has gone too.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -563,9 +639,8 @@ fn first_sample(
     let running = start(s, peer)?;
     s.drain_notify();
     let t0 = Instant::now();
-    let result = TcpStream::connect_timeout(&running.addr, load::TIMEOUT)
+    let result = load::connect(running.addr, running.via)
         .and_then(|mut c| {
-            c.set_read_timeout(Some(load::TIMEOUT))?;
             std::io::Write::write_all(&mut c, load::LINE)?;
             load::echo_and_eof(&mut c, t0)
         })
@@ -672,60 +747,103 @@ pub fn noise(s: &Setup, r: &Results) -> Option<String> {
     })
 }
 
+/// The SOCKS applet beside qrexec-connect-tcp: the same medians, with ratios
+/// to qrexec-connect-tcp's (the tables above give them to the floor's).
+fn socks_report(s: &Setup, r: &Results) -> String {
+    let tcp = Peer::Ours.name();
+    let to_tcp = |_: &str| Some(tcp);
+    let mut columns: Vec<(String, String)> = s
+        .parallelism
+        .iter()
+        .map(|p| (format!("conn/s P={p}"), format!("conn/s@{p}")))
+        .collect();
+    columns.push(("first byte (ms)".into(), "first ms".into()));
+    let peers = [tcp, Peer::Socks.name(), Peer::SocksUnlimited.name()];
+    let table = Table {
+        columns,
+        peers: &peers,
+        floor: &to_tcp,
+    };
+    format!(
+        "### SOCKS5 beside qrexec-connect-tcp\n\nThe medians above again, each with its ratio to qrexec-connect-tcp's in this run: what a SOCKS5 handshake per connection costs, and at P above {SOCKS_MAX_STARTING} the limit on calls starting at once (the stand-in's calls end within a millisecond or two, so the limit lets {SOCKS_MAX_STARTING} connections run at once; with `--max-starting {SOCKS_UNLIMITED}` none waits).\n\n{}\n",
+        table.render(r)
+    )
+}
+
 /// The client side's sections of RESULTS.md, and its plots.
 pub fn report(s: &Setup, r: &Results, plots: &Path) -> String {
-    let floor = |_: &str| Some(FLOOR);
-    let peers: Vec<&str> = NAMES.to_vec();
+    let names = |keep: fn(Peer) -> bool| -> Vec<&'static str> {
+        PEERS
+            .into_iter()
+            .filter(|&p| keep(p))
+            .map(Peer::name)
+            .collect()
+    };
+    let all = names(|_| true);
+    let bulk_peers = names(Peer::bulk_and_memory);
+    let memory_peers = names(|p| p.bulk_and_memory() && p != Peer::FloorAgain);
+    let first_peers = names(Peer::first_connection);
     let by_p = |fig: &str| -> Vec<(String, String)> {
         s.parallelism
             .iter()
             .map(|p| (format!("P={p}"), format!("{fig}@{p}")))
             .collect()
     };
-    let table = |columns| {
+    let table = |peers: &[&str], columns| {
+        let floor = |_: &str| Some(FLOOR);
         Table {
             columns,
-            peers: &peers,
+            peers,
             floor: &floor,
         }
         .render(r)
     };
     let mut md = String::from(
-        "## Client side\n\nPeers: **qrexec-connect-tcp** (ours, under `systemd-socket-activate`), **socat** as `qvm-connect-tcp` runs it, **Accept=yes** (`systemd-socket-activate --accept --inetd` starting the stand-in per connection), and the **floor** (`bench-client-floor`: accept and `posix_spawn`, nothing else), and in the rate and bulk points a second floor (**floor, again**): two equal peers measured side by side, which shows how far apart the machine's noise puts them. Each runs the same compiled echo stand-in for qrexec-client-vm.\n\n",
+        "## Client side\n\nPeers: **qrexec-connect-tcp** (ours, under `systemd-socket-activate`), **qrexec-connect-socks** (ours, the SOCKS5 proxy, under `systemd-socket-activate`: each connection a SOCKS5 handshake for `work.qube:PORT` first; as users get it, with at most 8 calls starting at once, and at P above 8 also with `--max-starting 1024`: the handshake's cost alone; see the README), **socat** as `qvm-connect-tcp` runs it, **Accept=yes** (`systemd-socket-activate --accept --inetd` starting the stand-in per connection), and the **floor** (`bench-client-floor`: accept and `posix_spawn`, nothing else), and in the rate and bulk points a second floor (**floor, again**): two equal peers measured side by side, which shows how far apart the machine's noise puts them. Each runs the same compiled echo stand-in for qrexec-client-vm.\n\n",
     );
     md.push_str("### Connections per second\n\nOne line of request and its echo per connection, P connections at a time; higher is better.\n\n");
-    md.push_str(&table(by_p("conn/s")));
+    md.push_str(&table(&all, by_p("conn/s")));
     md.push_str("\n![connections per second by parallelism](conn-rate.png)\n\n");
     md.push_str("### Latency, p50 (ms)\n\nconnect() to EOF after the echo; lower is better.\n\n");
-    md.push_str(&table(by_p("p50")));
+    md.push_str(&table(&all, by_p("p50")));
     md.push_str("\n### Latency, p99 (ms)\n\n");
-    md.push_str(&table(by_p("p99")));
+    md.push_str(&table(&all, by_p("p99")));
     md.push_str("\n### CPU per connection (ms)\n\nUser + system time of the peer and everything it started (stand-ins included, so the floor is the stand-in's own cost plus the least forwarding), over the connections of the point; lower is better.\n\n");
-    md.push_str(&table(by_p("cpu/conn")));
+    md.push_str(&table(&all, by_p("cpu/conn")));
     md.push_str(&format!("\n### Bulk\n\n{} MiB each way over one connection, echoed and verified; CPU per GiB as above.\n\n", s.bulk_bytes >> 20));
-    md.push_str(&table(vec![
-        ("MB/s each way".into(), "bulk MB/s".into()),
-        ("CPU s per GiB".into(), "bulk cpu s/GiB".into()),
-    ]));
+    md.push_str(&table(
+        &bulk_peers,
+        vec![
+            ("MB/s each way".into(), "bulk MB/s".into()),
+            ("CPU s per GiB".into(), "bulk cpu s/GiB".into()),
+        ],
+    ));
     let last = s.open_levels.last().copied().unwrap_or(0);
     let first = s.open_levels.first().copied().unwrap_or(0);
     md.push_str(&format!("\n### Memory (KiB)\n\nThe daemon (the listening process) after one connection (idle) and with {last} connections open at once; 'forwarders PSS' adds every process the peer forked that is not a stand-in (socat forks one per connection). Lower is better.\n\n"));
-    md.push_str(&table(vec![
-        ("RSS idle".into(), format!("rss@{first}")),
-        ("PSS idle".into(), format!("pss@{first}")),
-        (format!("RSS @{last}"), format!("rss@{last}")),
-        (format!("PSS @{last}"), format!("pss@{last}")),
-        ("RSS growth".into(), "rss growth".into()),
-        (format!("forwarders PSS @{last}"), format!("fwd-pss@{last}")),
-    ]));
+    md.push_str(&table(
+        &memory_peers,
+        vec![
+            ("RSS idle".into(), format!("rss@{first}")),
+            ("PSS idle".into(), format!("pss@{first}")),
+            (format!("RSS @{last}"), format!("rss@{last}")),
+            (format!("PSS @{last}"), format!("pss@{last}")),
+            ("RSS growth".into(), "rss growth".into()),
+            (format!("forwarders PSS @{last}"), format!("fwd-pss@{last}")),
+        ],
+    ));
     md.push_str("\n![daemon RSS by open connections](rss.png)\n\n");
-    md.push_str(&format!("### First connection (ms)\n\nconnect() to the first echoed byte on a freshly started peer, median of {} starts per repeat; for the socket-activated peers (ours, floor) the daemon starts on that connection. READY=1: connect() to our READY=1 on NOTIFY_SOCKET. Ours learns whether qrexec-client-vm knows `--use-stdin-socket` by running `qrexec-client-vm -h` and keeps the answer in `$RUNTIME_DIRECTORY` (as its units set it) for the starts after; 'cold' is ours with that directory emptied before each start, as after a reboot or an upgrade of qrexec-client-vm (samples interleaved with the others).\n\n", s.first_samples));
-    md.push_str(&table(vec![
-        ("first byte".into(), "first ms".into()),
-        ("READY=1".into(), "ready ms".into()),
-        ("first byte, cold".into(), "first ms, cold".into()),
-    ]));
+    md.push_str(&format!("### First connection (ms)\n\nconnect() to the first echoed byte on a freshly started peer, median of {} starts per repeat; for the socket-activated peers (ours and the floor) the daemon starts on that connection, and qrexec-connect-socks' time includes the SOCKS5 handshake (two round trips) before the line is sent. READY=1: connect() to our READY=1 on NOTIFY_SOCKET. Ours learns whether qrexec-client-vm knows `--use-stdin-socket` by running `qrexec-client-vm -h` and keeps the answer in `$RUNTIME_DIRECTORY` (as its units set it) for the starts after; 'cold' is ours with that directory emptied before each start, as after a reboot or an upgrade of qrexec-client-vm (samples interleaved with the others).\n\n", s.first_samples));
+    md.push_str(&table(
+        &first_peers,
+        vec![
+            ("first byte".into(), "first ms".into()),
+            ("READY=1".into(), "ready ms".into()),
+            ("first byte, cold".into(), "first ms, cold".into()),
+        ],
+    ));
     md.push('\n');
+    md.push_str(&socks_report(s, r));
     let data = s.out.join("plots");
     let _ = std::fs::create_dir_all(&data);
     let series = |fig: &dyn Fn(usize) -> String, xs: &[usize], scale: f64| -> Vec<Series> {

@@ -17,13 +17,79 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// A rate point stops early after this many failed connections.
 const MAX_ERRORS: u64 = 20;
 
-/// One short connection: connect, send a line, read its echo, half-close,
-/// read EOF. Returns the time to the first echoed byte.
-pub fn one_line(addr: SocketAddr) -> io::Result<Duration> {
-    let start = Instant::now();
+/// The qube a SOCKS5 client asks for (the stand-in ignores it).
+pub const SOCKS_QUBE: &str = "work.qube";
+
+/// How a connection reaches the echo behind a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// The listener forwards what it accepts: the line goes in at once.
+    Direct,
+    /// The listener is a SOCKS5 proxy: first a greeting offering no
+    /// authentication, then a CONNECT to `work.qube:port`, each awaiting its
+    /// reply, as a client with `socks5h://` does.
+    Socks5 { port: u16 },
+}
+
+/// A connection with the load's timeouts, its handshake (if any) done.
+pub fn connect(addr: SocketAddr, via: Via) -> io::Result<TcpStream> {
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
+    if let Via::Socks5 { port } = via {
+        socks5(&mut s, port)?;
+    }
+    Ok(s)
+}
+
+/// The greeting: version 5, one method, "no authentication".
+const SOCKS_GREETING: [u8; 3] = [5, 1, 0];
+/// The method reply that accepts it.
+const SOCKS_METHOD: [u8; 2] = [5, 0];
+/// The success reply of qrexec-connect-socks: VER REP RSV, IPv4 0.0.0.0:0.
+const SOCKS_SUCCEEDED: [u8; 10] = [5, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+
+/// A CONNECT to domain name `name`, `port` (RFC 1928, section 4).
+pub fn socks5_request(name: &str, port: u16) -> Vec<u8> {
+    let mut req = vec![5, 1, 0, 3, name.len() as u8];
+    req.extend_from_slice(name.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    req
+}
+
+/// The SOCKS5 handshake for `work.qube:port`; any reply but success is an
+/// error that shows it.
+fn socks5(s: &mut TcpStream, port: u16) -> io::Result<()> {
+    s.write_all(&SOCKS_GREETING)?;
+    expect_reply(s, &SOCKS_METHOD, "method")?;
+    s.write_all(&socks5_request(SOCKS_QUBE, port))?;
+    expect_reply(s, &SOCKS_SUCCEEDED, "CONNECT")
+}
+
+fn expect_reply<const N: usize>(s: &mut TcpStream, want: &[u8; N], what: &str) -> io::Result<()> {
+    let mut got = [0u8; N];
+    s.read_exact(&mut got).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("SOCKS5: EOF before the {what} reply"),
+        ),
+        _ => e,
+    })?;
+    if got != *want {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("SOCKS5: {what} reply {got:02x?}, not {want:02x?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// One short connection: connect (and the handshake of `via`), send a line,
+/// read its echo, half-close, read EOF. Returns the time to the first echoed
+/// byte.
+pub fn one_line(addr: SocketAddr, via: Via) -> io::Result<Duration> {
+    let start = Instant::now();
+    let mut s = connect(addr, via)?;
     s.write_all(LINE)?;
     let first = echo_and_eof(&mut s, start)?;
     Ok(first)
@@ -122,7 +188,7 @@ impl Rate {
 
 /// Short connections from `parallelism` threads, each starting a new one as
 /// soon as its last ended, until `duration` has passed or `max` were started.
-pub fn rate(addr: SocketAddr, parallelism: usize, duration: Duration, max: u64) -> Rate {
+pub fn rate(addr: SocketAddr, via: Via, parallelism: usize, duration: Duration, max: u64) -> Rate {
     let started = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
     let first_error = Mutex::new(None);
@@ -138,7 +204,7 @@ pub fn rate(addr: SocketAddr, parallelism: usize, duration: Duration, max: u64) 
                         && errors.load(Ordering::Relaxed) < MAX_ERRORS
                     {
                         let t = Instant::now();
-                        match one_line(addr) {
+                        match one_line(addr, via) {
                             Ok(_) => mine.push(t.elapsed().as_secs_f64() * 1e3),
                             Err(e) => {
                                 errors.fetch_add(1, Ordering::Relaxed);
@@ -208,4 +274,17 @@ pub fn bulk<R: Read, W: Write + Send>(
         }
         Ok(elapsed)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socks5_request_is_rfc_1928_domain_name_connect() {
+        assert_eq!(
+            socks5_request("work.qube", 8080),
+            b"\x05\x01\x00\x03\x09work.qube\x1f\x90"
+        );
+    }
 }

@@ -3,7 +3,9 @@
 //!
 //! Also usable by hand against any listener:
 //! `qrexec-connect-bench rate 127.0.0.1:PORT PARALLELISM SECONDS` and
-//! `qrexec-connect-bench bulk 127.0.0.1:PORT MIB` (the peer must echo).
+//! `qrexec-connect-bench bulk 127.0.0.1:PORT MIB` (the peer must echo);
+//! `rate socks5h://127.0.0.1:PORT ...` goes through a SOCKS5 proxy to
+//! `work.qube:PORT`.
 
 mod client;
 mod report;
@@ -24,7 +26,7 @@ const USAGE: &str =
     "usage: qrexec-connect-bench run --release DIR [--out DIR] [--results FILE] [--plots DIR]
                               [--repeats N] [--seconds S] [--bulk-mib M] [--quick]
                               [--only client|service]
-       qrexec-connect-bench rate ADDR PARALLELISM SECONDS
+       qrexec-connect-bench rate [socks5h://]ADDR PARALLELISM SECONDS
        qrexec-connect-bench bulk ADDR MIB";
 
 /// Everything a measurement needs to know.
@@ -52,6 +54,8 @@ pub struct Setup {
     pub slices: usize,
     /// `$RUNTIME_DIRECTORY` of ours.
     pub runtime: PathBuf,
+    /// `$RUNTIME_DIRECTORY` of the SOCKS applet (never emptied).
+    pub runtime_socks: PathBuf,
     pub spawn_samples: usize,
     pub notify_path: PathBuf,
     pub notify: mpsc::Receiver<(Instant, String)>,
@@ -173,10 +177,19 @@ fn main() -> ExitCode {
 }
 
 fn manual_rate(args: &[String]) -> Result<(), String> {
-    let addr: SocketAddr = args[0].parse().map_err(|e| format!("{}: {e}", args[0]))?;
+    let (text, socks) = match args[0].strip_prefix("socks5h://") {
+        Some(rest) => (rest, true),
+        None => (args[0].as_str(), false),
+    };
+    let addr: SocketAddr = text.parse().map_err(|e| format!("{}: {e}", args[0]))?;
+    let via = if socks {
+        load::Via::Socks5 { port: addr.port() }
+    } else {
+        load::Via::Direct
+    };
     let p: usize = args[1].parse().map_err(|e| format!("{}: {e}", args[1]))?;
     let secs: f64 = args[2].parse().map_err(|e| format!("{}: {e}", args[2]))?;
-    let r = load::rate(addr, p, Duration::from_secs_f64(secs), u64::MAX);
+    let r = load::rate(addr, via, p, Duration::from_secs_f64(secs), u64::MAX);
     let lat = &r.latencies_ms;
     println!(
         "{:.0} connections/s ({} in {:.2}s, {} errors{}), latency p50 {:.3} ms, p99 {:.3} ms",
@@ -226,7 +239,7 @@ fn run(a: Args) -> Result<(), String> {
     };
     let (release, out) = (abs(&release), abs(&a.out));
     // Only what an earlier run made: --out may name a directory with other things in it.
-    for made in ["bin", "logs", "run", "plots", "runtime"] {
+    for made in ["bin", "logs", "run", "plots", "runtime", "runtime-socks"] {
         let _ = std::fs::remove_dir_all(out.join(made));
     }
     for made in ["echo.sock", "notify.sock"] {
@@ -238,6 +251,7 @@ fn run(a: Args) -> Result<(), String> {
         &bin,
         &out.join("logs"),
         &out.join("runtime"),
+        &out.join("runtime-socks"),
         &abs(&a.plots),
     ] {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -265,6 +279,7 @@ fn run(a: Args) -> Result<(), String> {
     link(&release.join("bench-splice-relay"), "bench-splice-relay")?;
     for name in [
         "qrexec-connect-tcp",
+        "qrexec-connect-socks",
         "qubes.ConnectUnix",
         "qubes.ConnectTCPBind",
     ] {
@@ -316,6 +331,7 @@ fn run(a: Args) -> Result<(), String> {
         first_samples: if a.quick { 3 } else { 10 },
         slices: if a.quick { 2 } else { 4 },
         runtime: out.join("runtime"),
+        runtime_socks: out.join("runtime-socks"),
         spawn_samples: if a.quick { 5 } else { 20 },
         notify_path,
         notify,

@@ -141,9 +141,9 @@ fn client_floor_spawns_the_program_per_connection() {
     }
     let addr = ([127, 0, 0, 1], port).into();
     for _ in 0..3 {
-        load::one_line(addr).unwrap();
+        load::one_line(addr, load::Via::Direct).unwrap();
     }
-    let r = load::rate(addr, 4, Duration::from_millis(200), 100);
+    let r = load::rate(addr, load::Via::Direct, 4, Duration::from_millis(200), 100);
     assert_eq!(r.errors, 0, "{:?}", r.first_error);
     assert!(r.completed > 0);
     // The connection stays usable for bulk transfer.
