@@ -77,7 +77,27 @@ impl Lab {
         for (key, value) in world.env_for_other_user() {
             setup = setup.env(&key, value);
         }
-        setup.start()
+        let manager = setup.start()?;
+        // The home and the unit directory are under /tmp, which the
+        // services' PrivateTmp= hides; a real home (/home/user) they see
+        // read-only (ProtectHome=), and the client applets read their
+        // socket unit's drop-ins there when two share a name.
+        let visible = manager.outside("/run/systemd/user/qrexec-.service.d/50-test-home.conf");
+        fs::create_dir_all(visible.parent().unwrap()).unwrap();
+        fs::write(
+            visible,
+            format!(
+                "[Service]\nBindReadOnlyPaths={} {}\n",
+                manager.home().display(),
+                config.path().display()
+            ),
+        )
+        .unwrap();
+        // Written after the manager started: loaded by this reload (a real
+        // home needs neither).
+        let reload = manager.systemctl(&["daemon-reload"]);
+        assert!(reload.status.success(), "daemon-reload: {reload:?}");
+        Some(manager)
     }
 
     /// Stops the manager (its units with it) and starts a new one on the
@@ -221,6 +241,27 @@ impl Backend {
             _thread: thread,
         }
     }
+}
+
+/// Asserts that a connection to `addr` reaches `qube`'s backend, and that
+/// qrexec-client-vm was called once for it, with the target `qube`.
+fn assert_routed(world: &World, addr: SocketAddr, qube: &str) {
+    let targets = || -> Vec<String> {
+        world
+            .calls()
+            .iter()
+            .filter_map(|r| r.target_raw())
+            .collect()
+    };
+    let before = targets();
+    assert_reaches(addr, qube);
+    let mut new = targets();
+    for old in before {
+        if let Some(i) = new.iter().position(|t| *t == old) {
+            new.swap_remove(i);
+        }
+    }
+    assert_eq!(new, [qube], "the calls made for {addr}");
 }
 
 /// Asserts that a connection to `addr` reached the backend named `qube`
@@ -423,49 +464,65 @@ fn add_connect_list_policy_remove() {
     TcpStream::connect_timeout(&by_hand, WAIT).expect("the hand-written forward still listens");
 }
 
-/// Adding while the forwards serve: a second qube on the same port (only the
-/// drop-in and the restart are checked here: its routing is issue 11's) and
-/// a second one-service socket while qrexec-connect.service runs. Then a
-/// reboot: every forward comes back by itself.
+/// Adding while the forwards serve, in the order a user goes: the first
+/// forward serves a connection, then a second qube on the same port (a
+/// second drop-in in the same instance directory) is added while a
+/// connection is open: that connection finishes with all its bytes (the
+/// service drains it), and each address then reaches its own qube. Then a
+/// second one-service socket while qrexec-connect.service runs, a reboot
+/// (every forward comes back by itself), and the removal of one of the two
+/// drop-ins while its service runs.
 #[test]
 fn add_while_serving_and_after_a_reboot() {
     let Some(lab) = Lab::start() else { return };
-    let work = Backend::start("work");
+    let (work, other) = (Backend::start("work"), Backend::start("other"));
     lab.tcp_service("work", "qubes.ConnectTCP+22", work.addr);
+    lab.tcp_service("other", "qubes.ConnectTCP+22", other.addr);
     lab.tcp_service("work", "qubes.ConnectTCP+23", work.addr);
     lab.world.policy(
-        "qubes.ConnectTCP  +22  dev  work  allow\nqubes.ConnectTCP  +23  dev  work  allow\n",
+        "qubes.ConnectTCP  +22  dev  work  allow\nqubes.ConnectTCP  +22  dev  other  allow\n\
+         qubes.ConnectTCP  +23  dev  work  allow\n",
     );
     let (ip, ip2) = (loopback(), loopback());
-    let first = SocketAddr::from((ip, 2222));
+    let (first, second) = (SocketAddr::from((ip, 2222)), SocketAddr::from((ip2, 2222)));
+    let (socket, service) = (
+        "qrexec-connect-tcp@22.socket",
+        "qrexec-connect-tcp@22.service",
+    );
     lab.qc_ok(&["add", "tcp", &format!("{ip}:2222:work:22")]);
-    assert_reaches(first, "work");
-    assert_eq!(
-        lab.systemctl(&["is-active", "qrexec-connect-tcp@22.service"]),
-        "active"
-    );
+    assert_routed(&lab.world, first, "work");
+    assert_eq!(lab.systemctl(&["is-active", service]), "active");
 
-    let out = lab.qc_ok(&["add", "tcp", &format!("{ip2}:2222:other:22")]);
-    assert!(
-        out.contains("stopped qrexec-connect-tcp@22.service"),
-        "{out}"
+    let out = add_during_a_connection(
+        &lab,
+        first,
+        &["add", "tcp", &format!("{ip2}:2222:other:22")],
     );
     assert!(
-        out.contains("restarted qrexec-connect-tcp@22.socket"),
+        out.contains(&format!(
+            "restarted {socket} and {service} (its open connections drained first)"
+        )),
         "{out}"
     );
+    assert!(out.contains(&format!("enabled {socket}")), "{out}");
     assert!(
         lab.units()
             .join("qrexec-connect-tcp@22.socket.d/other.conf")
             .exists()
     );
-    let sockets = lab.systemctl(&["list-sockets", "--all", "--full"]);
-    for addr in [first, SocketAddr::from((ip2, 2222))] {
+    let sockets = lab.systemctl(&["list-sockets", "--all", "--full", "--no-legend"]);
+    for addr in [first, second] {
         assert!(
-            sockets.contains(&addr.to_string()),
+            sockets
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == [&addr.to_string(), socket, service]),
             "{addr} not listed:\n{sockets}"
         );
     }
+    assert_routed(&lab.world, second, "other");
+    assert_routed(&lab.world, first, "work");
+    assert_routed(&lab.world, second, "other");
 
     // The one-service form, twice, the second while its service runs.
     let call = SocketAddr::from((ip, 8000));
@@ -486,19 +543,26 @@ fn add_while_serving_and_after_a_reboot() {
         "active"
     );
     let call2 = SocketAddr::from((ip2, 8000));
-    lab.qc_ok(&[
+    let out = lab.qc_ok(&[
         "add",
         "call",
         &call2.to_string(),
         "work",
         "qubes.ConnectTCP+22",
     ]);
+    assert!(
+        out.contains(
+            "restarted qrexec-connect.service (its open connections drained first) so that \
+             qrexec-connect-work-qubes.ConnectTCP-22.socket could start"
+        ),
+        "{out}"
+    );
     assert_reaches(call2, "work");
     assert_reaches(call, "work");
 
     let lab = lab.reboot();
     for socket in [
-        "qrexec-connect-tcp@22.socket",
+        socket,
         "qrexec-connect-work-qubes.ConnectTCP-23.socket",
         "qrexec-connect-work-qubes.ConnectTCP-22.socket",
     ] {
@@ -508,7 +572,8 @@ fn add_while_serving_and_after_a_reboot() {
             "{socket} after the reboot"
         );
     }
-    assert_reaches(first, "work");
+    assert_routed(&lab.world, second, "other");
+    assert_routed(&lab.world, first, "work");
     assert_reaches(call, "work");
     let list = lab.qc_ok(&["list"]);
     assert_eq!(
@@ -526,6 +591,70 @@ fn add_while_serving_and_after_a_reboot() {
     assert!(!unit.exists());
     assert_refused(call);
     assert_reaches(call2, "work");
+
+    // One of the two drop-ins, while their service runs.
+    assert_eq!(lab.systemctl(&["is-active", service]), "active");
+    let out = lab.qc_ok(&["remove", &second.to_string()]);
+    let other_conf = lab
+        .units()
+        .join("qrexec-connect-tcp@22.socket.d/other.conf");
+    assert!(
+        out.contains(&format!("deleted {}", other_conf.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "restarted {socket} and {service} (its open connections drained first)"
+        )),
+        "{out}"
+    );
+    assert!(!other_conf.exists());
+    assert!(
+        lab.units()
+            .join("qrexec-connect-tcp@22.socket.d/work.conf")
+            .exists()
+    );
+    assert_refused(second);
+    assert_routed(&lab.world, first, "work");
+    assert_eq!(lab.systemctl(&["is-enabled", socket]), "enabled");
+}
+
+/// Runs `qrexec-connect ARGS` (which restarts the service of `addr`) while
+/// a connection to `addr` is open, half sent: the connection must finish
+/// with all its bytes. Returns what the command printed.
+fn add_during_a_connection(lab: &Lab, addr: SocketAddr, args: &[&str]) -> String {
+    let data: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+    let mut stream = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(&data[..data.len() / 2]).unwrap();
+    let m = &lab.manager;
+    let service = "qrexec-connect-tcp@22.service";
+    m.wait_until("the connection is open in the service", WAIT, || {
+        m.property(service, "StatusText").starts_with("1 active")
+    });
+    let out = thread::scope(|scope| {
+        let command = scope.spawn(|| lab.qc(args));
+        m.wait_until("the service is draining", WAIT, || {
+            m.property(service, "ActiveState") == "deactivating"
+        });
+        stream.write_all(&data[data.len() / 2..]).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        assert!(
+            answer == [b"work\n".as_slice(), &data].concat(),
+            "the open connection lost bytes: {} of {}",
+            answer.len(),
+            data.len() + 5
+        );
+        command.join().unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "qrexec-connect {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Bad input: one line on stderr, status 2, nothing written, nothing reloaded.

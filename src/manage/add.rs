@@ -105,40 +105,14 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     })
 }
 
-/// Loads the new file and starts listening: a socket unit binds a new
-/// address only when it restarts, and it cannot start while its service
-/// runs, so a running service is stopped first (it drains its open
-/// connections) and starts again at the next connection. Returns what it did.
+/// Loads the new file, enables the socket, and makes it listen on the new
+/// address ([`systemctl::restart_socket`]). Returns what it did.
 fn activate(layout: &Layout) -> Result<Vec<String>> {
-    let mut done = Vec::new();
     systemctl::run(&["daemon-reload"])?;
     systemctl::run(&["enable", &layout.socket])?;
-    let serving = systemctl::is_active(&layout.service)?;
-    let listening = systemctl::is_active(&layout.socket)?;
-    if serving {
-        systemctl::run(&["stop", &layout.service])?;
-        done.push(format!(
-            "stopped {} (its open connections drained first): a socket unit cannot restart while its service runs; it starts again at the next connection",
-            layout.service
-        ));
-    }
-    if listening || serving {
-        systemctl::run(&["restart", &layout.socket])?;
-        done.push(format!(
-            "restarted {} so that it binds the new address",
-            layout.socket
-        ));
-    } else {
-        systemctl::run(&["start", &layout.socket])?;
-    }
-    if !systemctl::is_active(&layout.socket)? {
-        return Err(Error::Unavailable(format!(
-            "{} did not start: see systemctl --user status {}",
-            layout.socket, layout.socket
-        )));
-    }
+    let mut done = systemctl::restart_socket(&layout.socket, &layout.service)?;
     done.push(format!(
-        "enabled and started {}: it listens again after a reboot",
+        "enabled {}: it listens again after a reboot",
         layout.socket
     ));
     Ok(done)

@@ -41,7 +41,8 @@ pub fn run(args: &[&str]) -> Result<u8> {
 }
 
 /// Stops what listens, deletes the files and reloads; with `rest` other
-/// addresses left on the socket unit, restarts it instead of stopping it.
+/// addresses left on the socket unit, restarts it (and its service, if it
+/// runs) instead of stopping it, so that it lets go of the removed address.
 /// Returns what it did.
 fn take_back(socket: &str, service: &str, files: &[String], rest: usize) -> Result<Vec<String>> {
     let mut done = Vec::new();
@@ -73,15 +74,9 @@ fn take_back(socket: &str, service: &str, files: &[String], rest: usize) -> Resu
     }
     systemctl::run(&["daemon-reload"])?;
     if rest > 0 {
-        if systemctl::is_active(service)? {
-            systemctl::run(&["stop", service])?;
-            done.push(format!(
-                "stopped {service} (its open connections drained first); it starts again at the next connection"
-            ));
-        }
-        systemctl::run(&["restart", socket])?;
+        done.extend(systemctl::restart_socket(socket, service)?);
         done.push(format!(
-            "restarted {socket}: its {rest} other address(es) still listen"
+            "{socket} still forwards its {rest} other address(es)"
         ));
     }
     Ok(done)
