@@ -15,6 +15,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{chown, symlink};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -186,6 +187,19 @@ impl Lab {
         .unwrap();
     }
 
+    /// In `qube`, the service links `make install-service` installed
+    /// (qubes.ConnectUnix, qubes.ConnectTCPBind, ...: our service applets).
+    fn installed_services(&self, qube: &str) {
+        let dir = self.world.qube(qube).dir().join("usr/local/etc/qubes-rpc");
+        fs::create_dir_all(&dir).unwrap();
+        let installed = self.stage.path().join("usr/local/etc/qubes-rpc");
+        for entry in fs::read_dir(installed).unwrap() {
+            let entry = entry.unwrap();
+            let target = fs::read_link(entry.path()).unwrap();
+            symlink(target, dir.join(entry.file_name())).unwrap();
+        }
+    }
+
     /// Every file under the unit directory, with its content.
     fn snapshot(&self) -> Vec<(PathBuf, String)> {
         fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
@@ -241,6 +255,44 @@ impl Backend {
             _thread: thread,
         }
     }
+
+    /// Stands for an NFS server: answers each connection with the address
+    /// it came from.
+    fn peer_reporter() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let thread = thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let peer = stream.peer_addr().map(|p| p.ip().to_string());
+                let _ = stream.write_all(peer.unwrap_or_default().as_bytes());
+            }
+        });
+        Backend {
+            addr,
+            _thread: thread,
+        }
+    }
+}
+
+/// A Unix socket server at `path` standing for a service in a qube that
+/// qubes.ConnectUnix reaches: answers as [`Backend::start`] does.
+fn unix_backend(path: &Path, name: &str, owner: &common::user_manager::TestUser) {
+    let dir = path.parent().unwrap();
+    fs::create_dir_all(dir).unwrap();
+    chown(dir, Some(owner.uid), Some(owner.gid)).unwrap();
+    let listener = UnixListener::bind(path).unwrap();
+    chown(path, Some(owner.uid), Some(owner.gid)).unwrap();
+    let name = name.to_owned();
+    // Ends with the test process; it holds nothing the test waits for.
+    thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut received = Vec::new();
+            if stream.read_to_end(&mut received).is_ok() {
+                let _ = stream.write_all(format!("{name}\n").as_bytes());
+                let _ = stream.write_all(&received);
+            }
+        }
+    });
 }
 
 /// Asserts that a connection to `addr` reaches `qube`'s backend, and that
@@ -617,6 +669,134 @@ fn add_while_serving_and_after_a_reboot() {
     assert_refused(second);
     assert_routed(&lab.world, first, "work");
     assert_eq!(lab.systemctl(&["is-enabled", socket]), "enabled");
+}
+
+/// `add unix` and `add tcp-bind` under the real manager, with the qube's
+/// service side played by our own service applets (`make install-service`):
+/// a Unix socket path reaches the socket qubes.ConnectUnix relays to, and
+/// the tcp-bind port reaches the server from the bind address. dom0's
+/// policy is what `policy` prints, and nothing more.
+#[test]
+fn add_unix_and_tcp_bind() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    lab.installed_services("vault");
+    lab.installed_services("nfs-server");
+    let runtime = m.runtime_dir();
+    unix_backend(
+        &m.outside(runtime.join("qubes.ConnectUnix/echo")),
+        "vault",
+        m.user(),
+    );
+    let nfs = Backend::peer_reporter();
+    let port = nfs.addr.port();
+
+    let out = lab.qc_ok(&[
+        "add",
+        "unix",
+        "%t/qrexec-connect-unix/S.echo",
+        "vault",
+        "echo",
+    ]);
+    let dropin = lab
+        .units()
+        .join("qrexec-connect-unix@echo.socket.d/vault.conf");
+    assert!(
+        out.contains(&format!("wrote {}", dropin.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("qubes.ConnectUnix  +echo  <this-qube>  vault  allow"),
+        "{out}"
+    );
+    let ip = loopback();
+    let nfs_listen = SocketAddr::from((ip, 2049));
+    let out = lab.qc_ok(&[
+        "add",
+        "tcp-bind",
+        &format!("{ip}:2049:nfs-server:{port}-127.0.1.1"),
+    ]);
+    let bind_unit = format!("qrexec-connect-tcp-bind@{port}-127.0.1.1.socket");
+    assert!(
+        out.contains(&format!(
+            "wrote {}",
+            lab.units()
+                .join(format!("{bind_unit}.d/nfs-server.conf"))
+                .display()
+        )),
+        "{out}"
+    );
+
+    let lines = policy_lines(&lab.qc_ok(&["policy"]));
+    assert_eq!(
+        lines,
+        [
+            format!("qubes.ConnectTCPBind  +{port}-127.0.1.1  dev  nfs-server  allow"),
+            "qubes.ConnectUnix  +echo  dev  vault  allow".to_owned(),
+        ]
+    );
+    lab.world.policy(&lines.join("\n"));
+
+    let client = m.outside(runtime.join("qrexec-connect-unix/S.echo"));
+    let mut stream = UnixStream::connect(&client)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", client.display()));
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(b"through the unix forward").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "vault\nthrough the unix forward");
+
+    let mut stream = TcpStream::connect_timeout(&nfs_listen, WAIT).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut peer = String::new();
+    stream.read_to_string(&mut peer).unwrap();
+    assert_eq!(peer, "127.0.1.1", "the server sees the bind address");
+
+    let calls = lab.world.finished_calls(2);
+    let mut made: Vec<(String, String)> = calls
+        .iter()
+        .map(|c| (c.target_raw().unwrap(), c.call_raw().unwrap()))
+        .collect();
+    made.sort();
+    assert_eq!(
+        made,
+        [
+            (
+                "nfs-server".to_owned(),
+                format!("qubes.ConnectTCPBind+{port}-127.0.1.1")
+            ),
+            ("vault".to_owned(), "qubes.ConnectUnix+echo".to_owned()),
+        ]
+    );
+    let list = lab.qc_ok(&["list"]);
+    let unix_row = list_row(
+        &list,
+        &runtime
+            .join("qrexec-connect-unix/S.echo")
+            .display()
+            .to_string(),
+    );
+    assert_eq!(
+        unix_row[1..4],
+        [
+            "vault",
+            "qubes.ConnectUnix+echo",
+            "qrexec-connect-unix@echo.socket"
+        ]
+    );
+    assert_eq!(list_row(&list, &nfs_listen.to_string())[3], bind_unit);
+
+    lab.qc_ok(&["remove", "%t/qrexec-connect-unix/S.echo"]);
+    assert!(!dropin.exists());
+    assert!(
+        UnixStream::connect(&client).is_err(),
+        "the unix forward still listens"
+    );
+    lab.qc_ok(&["remove", &bind_unit]);
+    assert_refused(nfs_listen);
+    drop(nfs);
 }
 
 /// Runs `qrexec-connect ARGS` (which restarts the service of `addr`) while
