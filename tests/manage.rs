@@ -860,6 +860,9 @@ fn bad_input_changes_nothing() {
         "add call 8000 work qubes.X/y".to_owned(),
         "add udp 53:dns".to_owned(),
         "add".to_owned(),
+        // Other hosts could reach it: refused without --allow-remote.
+        "add tcp 0.0.0.0:2525:work:22".to_owned(),
+        "add call [::]:2525 work qubes.ConnectTCP+22".to_owned(),
         // Already configured: the same qube on the same port, and the same
         // address through another port.
         format!("add tcp {ip}:2222:work:22"),
