@@ -336,6 +336,85 @@ fn assert_reaches(addr: SocketAddr, qube: &str) {
     );
 }
 
+/// Asserts that a connection to `addr` is closed (or reset) with no answer,
+/// as a refused call leaves it.
+fn assert_no_answer(addr: SocketAddr) {
+    let mut stream = TcpStream::connect_timeout(&addr, WAIT)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = stream.write_all(b"refused");
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => assert!(answer.is_empty(), "{addr} answered {answer:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{addr}: {e}"),
+    }
+}
+
+/// Asserts that every row of `list` is a row of `systemctl --user
+/// list-sockets` (the address and the socket unit, whose service is ours),
+/// and that `list` leaves none of those out.
+fn assert_list_is_list_sockets(lab: &Lab) {
+    let list = lab.qc_ok(&["list"]);
+    let mut ours: Vec<(String, String)> = list
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (cells[0].to_owned(), cells[3].to_owned())
+        })
+        .collect();
+    let sockets = lab.systemctl(&["list-sockets", "--all", "--full", "--no-legend"]);
+    let mut theirs: Vec<(String, String)> = sockets
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [listen, unit, service, ..] if service.starts_with("qrexec-connect") => {
+                Some((listen.to_owned(), unit.to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs, "list:\n{list}\nlist-sockets:\n{sockets}");
+}
+
+/// Asserts that the counters `list` shows for `service` are those of its
+/// STATUS= and of its journal: one end line per connection, with
+/// QREXEC_STATUS=0 when served and 126 when refused. The service must have
+/// started once only (the journal keeps earlier runs' lines).
+fn assert_counters_are_the_journals(lab: &Lab, service: &str) {
+    let json = lab.qc_ok(&["list", "--json"]);
+    let status = lab.systemctl(&["show", "-P", "StatusText", service]);
+    // Every field of every entry, one per line (journalctl -o export).
+    let entries = lab
+        .manager
+        .journal(&["-o", "export", &format!("_SYSTEMD_USER_UNIT={service}")]);
+    let ends: Vec<&str> = entries
+        .lines()
+        .filter_map(|l| l.strip_prefix("QREXEC_STATUS="))
+        .collect();
+    let count = |status: &str| ends.iter().filter(|s| **s == status).count();
+    let (served, refused) = (count("0"), count("126"));
+    let (active, failed) = (0, ends.len() - served - refused);
+    assert_eq!(
+        status,
+        format!("{active} active, {served} served, {refused} refused, {failed} failed"),
+        "StatusText against the journal's end lines"
+    );
+    let counters = format!(
+        "\"counters\":{{\"active\":{active},\"served\":{served},\"refused\":{refused},\"failed\":{failed}}}"
+    );
+    let rows: Vec<&str> = json
+        .split("},{")
+        .filter(|r| r.contains(&format!("\"service\":\"{service}\"")))
+        .collect();
+    assert!(!rows.is_empty(), "{json}");
+    for row in rows {
+        assert!(row.contains(&counters), "{counters} in {row}");
+    }
+}
+
 fn assert_refused(addr: SocketAddr) {
     let e = TcpStream::connect_timeout(&addr, WAIT).expect_err("nothing listens");
     assert_eq!(
@@ -401,6 +480,7 @@ fn add_connect_list_policy_remove() {
     );
 
     // Refused until dom0 has the line `policy` prints, which is all it needs.
+    assert_no_answer(listen);
     let policy = lab.qc_ok(&["policy"]);
     let lines = policy_lines(&policy);
     assert_eq!(
@@ -410,15 +490,21 @@ fn add_connect_list_policy_remove() {
     );
     lab.world.policy(&lines.join("\n"));
     assert_reaches(listen, "work");
-    let calls = lab.world.finished_calls(1);
-    assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].target_raw().as_deref(), Some("work"));
-    assert_eq!(calls[0].call_raw().as_deref(), Some("qubes.ConnectTCP+22"));
+    let calls = lab.world.finished_calls(2);
+    let mut statuses: Vec<String> = calls.iter().filter_map(|c| c.status()).collect();
+    statuses.sort();
+    assert_eq!(statuses, ["exit 0", "exit 126"]);
+    for call in &calls {
+        assert_eq!(call.target_raw().as_deref(), Some("work"));
+        assert_eq!(call.call_raw().as_deref(), Some("qubes.ConnectTCP+22"));
+    }
 
     let m = &lab.manager;
-    m.wait_until("the daemon reports the connection served", WAIT, || {
-        list_row(&lab.qc_ok(&["list"]), &listen.to_string())[5..] == ["0", "1", "0", "0"]
+    m.wait_until("the daemon reports both connections", WAIT, || {
+        list_row(&lab.qc_ok(&["list"]), &listen.to_string())[5..] == ["0", "1", "1", "0"]
     });
+    assert_counters_are_the_journals(&lab, "qrexec-connect-tcp@22.service");
+    assert_list_is_list_sockets(&lab);
     let list = lab.qc_ok(&["list"]);
     let row = list_row(&list, &listen.to_string());
     assert_eq!(
@@ -431,7 +517,7 @@ fn add_connect_list_policy_remove() {
             "serving",
             "0",
             "1",
-            "0",
+            "1",
             "0"
         ],
         "{list}"
@@ -448,7 +534,7 @@ fn add_connect_list_policy_remove() {
         json.contains(&format!(
             "{{\"listen\":\"{listen}\",\"qube\":\"work\",\"call\":\"qubes.ConnectTCP+22\",\
              \"socket\":\"qrexec-connect-tcp@22.socket\",\"service\":\"qrexec-connect-tcp@22.service\",\
-             \"state\":\"serving\",\"counters\":{{\"active\":0,\"served\":1,\"refused\":0,\"failed\":0}},\
+             \"state\":\"serving\",\"counters\":{{\"active\":0,\"served\":1,\"refused\":1,\"failed\":0}},\
              \"file\":\"{}\"}}",
             dropin.display()
         )),
@@ -463,6 +549,7 @@ fn add_connect_list_policy_remove() {
     );
     lab.systemctl(&["daemon-reload"]);
     lab.systemctl(&["enable", "--now", "qrexec-connect-tcp@23.socket"]);
+    assert_list_is_list_sockets(&lab);
     let list = lab.qc_ok(&["list"]);
     assert_eq!(
         list_row(&list, &by_hand.to_string())[1..5],
@@ -508,6 +595,7 @@ fn add_connect_list_policy_remove() {
     );
     let list = lab.qc_ok(&["list"]);
     assert!(!list.contains(&listen.to_string()), "{list}");
+    assert_list_is_list_sockets(&lab);
     // The hand-written one is untouched and still listens.
     assert_eq!(
         fs::read_to_string(&hand).unwrap(),
@@ -575,6 +663,7 @@ fn add_while_serving_and_after_a_reboot() {
     assert_routed(&lab.world, second, "other");
     assert_routed(&lab.world, first, "work");
     assert_routed(&lab.world, second, "other");
+    assert_list_is_list_sockets(&lab);
 
     // The one-service form, twice, the second while its service runs.
     let call = SocketAddr::from((ip, 8000));
@@ -639,6 +728,7 @@ fn add_while_serving_and_after_a_reboot() {
     );
     // The one service serves both sockets.
     assert_eq!(list_row(&list, &call2.to_string())[4], "serving");
+    assert_list_is_list_sockets(&lab);
     lab.qc_ok(&["remove", "qrexec-connect-work-qubes.ConnectTCP-23.socket"]);
     assert!(!unit.exists());
     assert_refused(call);
@@ -770,6 +860,18 @@ fn add_unix_and_tcp_bind() {
             ("vault".to_owned(), "qubes.ConnectUnix+echo".to_owned()),
         ]
     );
+    let m = &lab.manager;
+    let unix_listen = runtime.join("qrexec-connect-unix/S.echo");
+    let unix_listen = unix_listen.to_str().unwrap();
+    m.wait_until("both daemons report their connection", WAIT, || {
+        let list = lab.qc_ok(&["list"]);
+        [unix_listen.to_owned(), nfs_listen.to_string()]
+            .iter()
+            .all(|l| list_row(&list, l)[5..] == ["0", "1", "0", "0"])
+    });
+    assert_counters_are_the_journals(&lab, "qrexec-connect-unix@echo.service");
+    assert_counters_are_the_journals(&lab, &bind_unit.replace(".socket", ".service"));
+    assert_list_is_list_sockets(&lab);
     let list = lab.qc_ok(&["list"]);
     let unix_row = list_row(
         &list,
