@@ -150,11 +150,11 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
 fn activate(layout: &Layout) -> Result<Vec<String>> {
     systemctl::run(&["daemon-reload"])?;
     systemctl::run(&["enable", &layout.socket])?;
-    let mut done = systemctl::restart_socket(&layout.socket, &layout.service)?;
-    done.push(format!(
-        "enabled {}: it listens again after a reboot",
+    let mut done = vec![format!(
+        "enabled {}: it listens again after every boot",
         layout.socket
-    ));
+    )];
+    done.extend(systemctl::restart_socket(&layout.socket, &layout.service)?);
     Ok(done)
 }
 

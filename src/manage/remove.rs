@@ -73,10 +73,12 @@ fn take_back(socket: &str, service: &str, files: &[String], rest: usize) -> Resu
         }
     }
     systemctl::run(&["daemon-reload"])?;
+    done.push("reloaded the user manager (systemctl --user daemon-reload)".to_owned());
     if rest > 0 {
         done.extend(systemctl::restart_socket(socket, service)?);
+        let plural = if rest == 1 { "" } else { "es" };
         done.push(format!(
-            "{socket} still forwards its {rest} other address(es)"
+            "{socket} still listens on its {rest} other address{plural}"
         ));
     }
     Ok(done)
