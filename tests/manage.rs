@@ -550,6 +550,17 @@ fn add_connect_list_policy_remove() {
     lab.systemctl(&["daemon-reload"]);
     lab.systemctl(&["enable", "--now", "qrexec-connect-tcp@23.socket"]);
     assert_list_is_list_sockets(&lab);
+    // The line for work's port 22 allows nothing else: not gitweb's 23.
+    assert_no_answer(by_hand);
+    assert_eq!(
+        lab.world
+            .finished_calls(3)
+            .iter()
+            .filter(|c| c.status().as_deref() == Some("exit 126"))
+            .filter(|c| c.target_raw().as_deref() == Some("gitweb"))
+            .count(),
+        1
+    );
     let list = lab.qc_ok(&["list"]);
     assert_eq!(
         list_row(&list, &by_hand.to_string())[1..5],
@@ -557,7 +568,7 @@ fn add_connect_list_policy_remove() {
             "gitweb",
             "qubes.ConnectTCP+23",
             "qrexec-connect-tcp@23.socket",
-            "listening"
+            "serving"
         ]
     );
     assert_eq!(
@@ -729,7 +740,14 @@ fn add_while_serving_and_after_a_reboot() {
     // The one service serves both sockets.
     assert_eq!(list_row(&list, &call2.to_string())[4], "serving");
     assert_list_is_list_sockets(&lab);
-    lab.qc_ok(&["remove", "qrexec-connect-work-qubes.ConnectTCP-23.socket"]);
+    let out = lab.qc_ok(&["remove", "qrexec-connect-work-qubes.ConnectTCP-23.socket"]);
+    assert!(
+        out.contains(
+            "stopped qrexec-connect.service (its open connections drained first); \
+             it starts again at the next connection to its other sockets"
+        ),
+        "{out}"
+    );
     assert!(!unit.exists());
     assert_refused(call);
     assert_reaches(call2, "work");
