@@ -15,6 +15,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{chown, symlink};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,7 +78,27 @@ impl Lab {
         for (key, value) in world.env_for_other_user() {
             setup = setup.env(&key, value);
         }
-        setup.start()
+        let manager = setup.start()?;
+        // The home and the unit directory are under /tmp, which the
+        // services' PrivateTmp= hides; a real home (/home/user) they see
+        // read-only (ProtectHome=), and the client applets read their
+        // socket unit's drop-ins there when two share a name.
+        let visible = manager.outside("/run/systemd/user/qrexec-.service.d/50-test-home.conf");
+        fs::create_dir_all(visible.parent().unwrap()).unwrap();
+        fs::write(
+            visible,
+            format!(
+                "[Service]\nBindReadOnlyPaths={} {}\n",
+                manager.home().display(),
+                config.path().display()
+            ),
+        )
+        .unwrap();
+        // Written after the manager started: loaded by this reload (a real
+        // home needs neither).
+        let reload = manager.systemctl(&["daemon-reload"]);
+        assert!(reload.status.success(), "daemon-reload: {reload:?}");
+        Some(manager)
     }
 
     /// Stops the manager (its units with it) and starts a new one on the
@@ -166,6 +187,19 @@ impl Lab {
         .unwrap();
     }
 
+    /// In `qube`, the service links `make install-service` installed
+    /// (qubes.ConnectUnix, qubes.ConnectTCPBind, ...: our service applets).
+    fn installed_services(&self, qube: &str) {
+        let dir = self.world.qube(qube).dir().join("usr/local/etc/qubes-rpc");
+        fs::create_dir_all(&dir).unwrap();
+        let installed = self.stage.path().join("usr/local/etc/qubes-rpc");
+        for entry in fs::read_dir(installed).unwrap() {
+            let entry = entry.unwrap();
+            let target = fs::read_link(entry.path()).unwrap();
+            symlink(target, dir.join(entry.file_name())).unwrap();
+        }
+    }
+
     /// Every file under the unit directory, with its content.
     fn snapshot(&self) -> Vec<(PathBuf, String)> {
         fn walk(dir: &Path, out: &mut Vec<(PathBuf, String)>) {
@@ -221,6 +255,65 @@ impl Backend {
             _thread: thread,
         }
     }
+
+    /// Stands for an NFS server: answers each connection with the address
+    /// it came from.
+    fn peer_reporter() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let thread = thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                let peer = stream.peer_addr().map(|p| p.ip().to_string());
+                let _ = stream.write_all(peer.unwrap_or_default().as_bytes());
+            }
+        });
+        Backend {
+            addr,
+            _thread: thread,
+        }
+    }
+}
+
+/// A Unix socket server at `path` standing for a service in a qube that
+/// qubes.ConnectUnix reaches: answers as [`Backend::start`] does.
+fn unix_backend(path: &Path, name: &str, owner: &common::user_manager::TestUser) {
+    let dir = path.parent().unwrap();
+    fs::create_dir_all(dir).unwrap();
+    chown(dir, Some(owner.uid), Some(owner.gid)).unwrap();
+    let listener = UnixListener::bind(path).unwrap();
+    chown(path, Some(owner.uid), Some(owner.gid)).unwrap();
+    let name = name.to_owned();
+    // Ends with the test process; it holds nothing the test waits for.
+    thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut received = Vec::new();
+            if stream.read_to_end(&mut received).is_ok() {
+                let _ = stream.write_all(format!("{name}\n").as_bytes());
+                let _ = stream.write_all(&received);
+            }
+        }
+    });
+}
+
+/// Asserts that a connection to `addr` reaches `qube`'s backend, and that
+/// qrexec-client-vm was called once for it, with the target `qube`.
+fn assert_routed(world: &World, addr: SocketAddr, qube: &str) {
+    let targets = || -> Vec<String> {
+        world
+            .calls()
+            .iter()
+            .filter_map(|r| r.target_raw())
+            .collect()
+    };
+    let before = targets();
+    assert_reaches(addr, qube);
+    let mut new = targets();
+    for old in before {
+        if let Some(i) = new.iter().position(|t| *t == old) {
+            new.swap_remove(i);
+        }
+    }
+    assert_eq!(new, [qube], "the calls made for {addr}");
 }
 
 /// Asserts that a connection to `addr` reached the backend named `qube`
@@ -241,6 +334,85 @@ fn assert_reaches(addr: SocketAddr, qube: &str) {
         answer.len(),
         String::from_utf8_lossy(&answer[..answer.len().min(40)])
     );
+}
+
+/// Asserts that a connection to `addr` is closed (or reset) with no answer,
+/// as a refused call leaves it.
+fn assert_no_answer(addr: SocketAddr) {
+    let mut stream = TcpStream::connect_timeout(&addr, WAIT)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let _ = stream.write_all(b"refused");
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => assert!(answer.is_empty(), "{addr} answered {answer:?}"),
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{addr}: {e}"),
+    }
+}
+
+/// Asserts that every row of `list` is a row of `systemctl --user
+/// list-sockets` (the address and the socket unit, whose service is ours),
+/// and that `list` leaves none of those out.
+fn assert_list_is_list_sockets(lab: &Lab) {
+    let list = lab.qc_ok(&["list"]);
+    let mut ours: Vec<(String, String)> = list
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            (cells[0].to_owned(), cells[3].to_owned())
+        })
+        .collect();
+    let sockets = lab.systemctl(&["list-sockets", "--all", "--full", "--no-legend"]);
+    let mut theirs: Vec<(String, String)> = sockets
+        .lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [listen, unit, service, ..] if service.starts_with("qrexec-connect") => {
+                Some((listen.to_owned(), unit.to_owned()))
+            }
+            _ => None,
+        })
+        .collect();
+    ours.sort();
+    theirs.sort();
+    assert_eq!(ours, theirs, "list:\n{list}\nlist-sockets:\n{sockets}");
+}
+
+/// Asserts that the counters `list` shows for `service` are those of its
+/// STATUS= and of its journal: one end line per connection, with
+/// QREXEC_STATUS=0 when served and 126 when refused. The service must have
+/// started once only (the journal keeps earlier runs' lines).
+fn assert_counters_are_the_journals(lab: &Lab, service: &str) {
+    let json = lab.qc_ok(&["list", "--json"]);
+    let status = lab.systemctl(&["show", "-P", "StatusText", service]);
+    // Every field of every entry, one per line (journalctl -o export).
+    let entries = lab
+        .manager
+        .journal(&["-o", "export", &format!("_SYSTEMD_USER_UNIT={service}")]);
+    let ends: Vec<&str> = entries
+        .lines()
+        .filter_map(|l| l.strip_prefix("QREXEC_STATUS="))
+        .collect();
+    let count = |status: &str| ends.iter().filter(|s| **s == status).count();
+    let (served, refused) = (count("0"), count("126"));
+    let (active, failed) = (0, ends.len() - served - refused);
+    assert_eq!(
+        status,
+        format!("{active} active, {served} served, {refused} refused, {failed} failed"),
+        "StatusText against the journal's end lines"
+    );
+    let counters = format!(
+        "\"counters\":{{\"active\":{active},\"served\":{served},\"refused\":{refused},\"failed\":{failed}}}"
+    );
+    let rows: Vec<&str> = json
+        .split("},{")
+        .filter(|r| r.contains(&format!("\"service\":\"{service}\"")))
+        .collect();
+    assert!(!rows.is_empty(), "{json}");
+    for row in rows {
+        assert!(row.contains(&counters), "{counters} in {row}");
+    }
 }
 
 fn assert_refused(addr: SocketAddr) {
@@ -308,6 +480,7 @@ fn add_connect_list_policy_remove() {
     );
 
     // Refused until dom0 has the line `policy` prints, which is all it needs.
+    assert_no_answer(listen);
     let policy = lab.qc_ok(&["policy"]);
     let lines = policy_lines(&policy);
     assert_eq!(
@@ -317,15 +490,21 @@ fn add_connect_list_policy_remove() {
     );
     lab.world.policy(&lines.join("\n"));
     assert_reaches(listen, "work");
-    let calls = lab.world.finished_calls(1);
-    assert_eq!(calls.len(), 1);
-    assert_eq!(calls[0].target_raw().as_deref(), Some("work"));
-    assert_eq!(calls[0].call_raw().as_deref(), Some("qubes.ConnectTCP+22"));
+    let calls = lab.world.finished_calls(2);
+    let mut statuses: Vec<String> = calls.iter().filter_map(|c| c.status()).collect();
+    statuses.sort();
+    assert_eq!(statuses, ["exit 0", "exit 126"]);
+    for call in &calls {
+        assert_eq!(call.target_raw().as_deref(), Some("work"));
+        assert_eq!(call.call_raw().as_deref(), Some("qubes.ConnectTCP+22"));
+    }
 
     let m = &lab.manager;
-    m.wait_until("the daemon reports the connection served", WAIT, || {
-        list_row(&lab.qc_ok(&["list"]), &listen.to_string())[5..] == ["0", "1", "0", "0"]
+    m.wait_until("the daemon reports both connections", WAIT, || {
+        list_row(&lab.qc_ok(&["list"]), &listen.to_string())[5..] == ["0", "1", "1", "0"]
     });
+    assert_counters_are_the_journals(&lab, "qrexec-connect-tcp@22.service");
+    assert_list_is_list_sockets(&lab);
     let list = lab.qc_ok(&["list"]);
     let row = list_row(&list, &listen.to_string());
     assert_eq!(
@@ -338,7 +517,7 @@ fn add_connect_list_policy_remove() {
             "serving",
             "0",
             "1",
-            "0",
+            "1",
             "0"
         ],
         "{list}"
@@ -355,7 +534,7 @@ fn add_connect_list_policy_remove() {
         json.contains(&format!(
             "{{\"listen\":\"{listen}\",\"qube\":\"work\",\"call\":\"qubes.ConnectTCP+22\",\
              \"socket\":\"qrexec-connect-tcp@22.socket\",\"service\":\"qrexec-connect-tcp@22.service\",\
-             \"state\":\"serving\",\"counters\":{{\"active\":0,\"served\":1,\"refused\":0,\"failed\":0}},\
+             \"state\":\"serving\",\"counters\":{{\"active\":0,\"served\":1,\"refused\":1,\"failed\":0}},\
              \"file\":\"{}\"}}",
             dropin.display()
         )),
@@ -370,6 +549,18 @@ fn add_connect_list_policy_remove() {
     );
     lab.systemctl(&["daemon-reload"]);
     lab.systemctl(&["enable", "--now", "qrexec-connect-tcp@23.socket"]);
+    assert_list_is_list_sockets(&lab);
+    // The line for work's port 22 allows nothing else: not gitweb's 23.
+    assert_no_answer(by_hand);
+    assert_eq!(
+        lab.world
+            .finished_calls(3)
+            .iter()
+            .filter(|c| c.status().as_deref() == Some("exit 126"))
+            .filter(|c| c.target_raw().as_deref() == Some("gitweb"))
+            .count(),
+        1
+    );
     let list = lab.qc_ok(&["list"]);
     assert_eq!(
         list_row(&list, &by_hand.to_string())[1..5],
@@ -377,7 +568,7 @@ fn add_connect_list_policy_remove() {
             "gitweb",
             "qubes.ConnectTCP+23",
             "qrexec-connect-tcp@23.socket",
-            "listening"
+            "serving"
         ]
     );
     assert_eq!(
@@ -415,6 +606,7 @@ fn add_connect_list_policy_remove() {
     );
     let list = lab.qc_ok(&["list"]);
     assert!(!list.contains(&listen.to_string()), "{list}");
+    assert_list_is_list_sockets(&lab);
     // The hand-written one is untouched and still listens.
     assert_eq!(
         fs::read_to_string(&hand).unwrap(),
@@ -423,49 +615,66 @@ fn add_connect_list_policy_remove() {
     TcpStream::connect_timeout(&by_hand, WAIT).expect("the hand-written forward still listens");
 }
 
-/// Adding while the forwards serve: a second qube on the same port (only the
-/// drop-in and the restart are checked here: its routing is issue 11's) and
-/// a second one-service socket while qrexec-connect.service runs. Then a
-/// reboot: every forward comes back by itself.
+/// Adding while the forwards serve, in the order a user goes: the first
+/// forward serves a connection, then a second qube on the same port (a
+/// second drop-in in the same instance directory) is added while a
+/// connection is open: that connection finishes with all its bytes (the
+/// service drains it), and each address then reaches its own qube. Then a
+/// second one-service socket while qrexec-connect.service runs, a reboot
+/// (every forward comes back by itself), and the removal of one of the two
+/// drop-ins while its service runs.
 #[test]
 fn add_while_serving_and_after_a_reboot() {
     let Some(lab) = Lab::start() else { return };
-    let work = Backend::start("work");
+    let (work, other) = (Backend::start("work"), Backend::start("other"));
     lab.tcp_service("work", "qubes.ConnectTCP+22", work.addr);
+    lab.tcp_service("other", "qubes.ConnectTCP+22", other.addr);
     lab.tcp_service("work", "qubes.ConnectTCP+23", work.addr);
     lab.world.policy(
-        "qubes.ConnectTCP  +22  dev  work  allow\nqubes.ConnectTCP  +23  dev  work  allow\n",
+        "qubes.ConnectTCP  +22  dev  work  allow\nqubes.ConnectTCP  +22  dev  other  allow\n\
+         qubes.ConnectTCP  +23  dev  work  allow\n",
     );
     let (ip, ip2) = (loopback(), loopback());
-    let first = SocketAddr::from((ip, 2222));
+    let (first, second) = (SocketAddr::from((ip, 2222)), SocketAddr::from((ip2, 2222)));
+    let (socket, service) = (
+        "qrexec-connect-tcp@22.socket",
+        "qrexec-connect-tcp@22.service",
+    );
     lab.qc_ok(&["add", "tcp", &format!("{ip}:2222:work:22")]);
-    assert_reaches(first, "work");
-    assert_eq!(
-        lab.systemctl(&["is-active", "qrexec-connect-tcp@22.service"]),
-        "active"
-    );
+    assert_routed(&lab.world, first, "work");
+    assert_eq!(lab.systemctl(&["is-active", service]), "active");
 
-    let out = lab.qc_ok(&["add", "tcp", &format!("{ip2}:2222:other:22")]);
-    assert!(
-        out.contains("stopped qrexec-connect-tcp@22.service"),
-        "{out}"
+    let out = add_during_a_connection(
+        &lab,
+        first,
+        &["add", "tcp", &format!("{ip2}:2222:other:22")],
     );
     assert!(
-        out.contains("restarted qrexec-connect-tcp@22.socket"),
+        out.contains(&format!(
+            "restarted {socket} and {service} (its open connections drained first)"
+        )),
         "{out}"
     );
+    assert!(out.contains(&format!("enabled {socket}")), "{out}");
     assert!(
         lab.units()
             .join("qrexec-connect-tcp@22.socket.d/other.conf")
             .exists()
     );
-    let sockets = lab.systemctl(&["list-sockets", "--all", "--full"]);
-    for addr in [first, SocketAddr::from((ip2, 2222))] {
+    let sockets = lab.systemctl(&["list-sockets", "--all", "--full", "--no-legend"]);
+    for addr in [first, second] {
         assert!(
-            sockets.contains(&addr.to_string()),
+            sockets
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == [&addr.to_string(), socket, service]),
             "{addr} not listed:\n{sockets}"
         );
     }
+    assert_routed(&lab.world, second, "other");
+    assert_routed(&lab.world, first, "work");
+    assert_routed(&lab.world, second, "other");
+    assert_list_is_list_sockets(&lab);
 
     // The one-service form, twice, the second while its service runs.
     let call = SocketAddr::from((ip, 8000));
@@ -486,19 +695,26 @@ fn add_while_serving_and_after_a_reboot() {
         "active"
     );
     let call2 = SocketAddr::from((ip2, 8000));
-    lab.qc_ok(&[
+    let out = lab.qc_ok(&[
         "add",
         "call",
         &call2.to_string(),
         "work",
         "qubes.ConnectTCP+22",
     ]);
+    assert!(
+        out.contains(
+            "restarted qrexec-connect.service (its open connections drained first) so that \
+             qrexec-connect-work-qubes.ConnectTCP-22.socket could start"
+        ),
+        "{out}"
+    );
     assert_reaches(call2, "work");
     assert_reaches(call, "work");
 
     let lab = lab.reboot();
     for socket in [
-        "qrexec-connect-tcp@22.socket",
+        socket,
         "qrexec-connect-work-qubes.ConnectTCP-23.socket",
         "qrexec-connect-work-qubes.ConnectTCP-22.socket",
     ] {
@@ -508,7 +724,8 @@ fn add_while_serving_and_after_a_reboot() {
             "{socket} after the reboot"
         );
     }
-    assert_reaches(first, "work");
+    assert_routed(&lab.world, second, "other");
+    assert_routed(&lab.world, first, "work");
     assert_reaches(call, "work");
     let list = lab.qc_ok(&["list"]);
     assert_eq!(
@@ -522,10 +739,222 @@ fn add_while_serving_and_after_a_reboot() {
     );
     // The one service serves both sockets.
     assert_eq!(list_row(&list, &call2.to_string())[4], "serving");
-    lab.qc_ok(&["remove", "qrexec-connect-work-qubes.ConnectTCP-23.socket"]);
+    assert_list_is_list_sockets(&lab);
+    let out = lab.qc_ok(&["remove", "qrexec-connect-work-qubes.ConnectTCP-23.socket"]);
+    assert!(
+        out.contains(
+            "stopped qrexec-connect.service (its open connections drained first); \
+             it starts again at the next connection to its other sockets"
+        ),
+        "{out}"
+    );
     assert!(!unit.exists());
     assert_refused(call);
     assert_reaches(call2, "work");
+
+    // One of the two drop-ins, while their service runs.
+    assert_eq!(lab.systemctl(&["is-active", service]), "active");
+    let out = lab.qc_ok(&["remove", &second.to_string()]);
+    let other_conf = lab
+        .units()
+        .join("qrexec-connect-tcp@22.socket.d/other.conf");
+    assert!(
+        out.contains(&format!("deleted {}", other_conf.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "restarted {socket} and {service} (its open connections drained first)"
+        )),
+        "{out}"
+    );
+    assert!(!other_conf.exists());
+    assert!(
+        lab.units()
+            .join("qrexec-connect-tcp@22.socket.d/work.conf")
+            .exists()
+    );
+    assert_refused(second);
+    assert_routed(&lab.world, first, "work");
+    assert_eq!(lab.systemctl(&["is-enabled", socket]), "enabled");
+}
+
+/// `add unix` and `add tcp-bind` under the real manager, with the qube's
+/// service side played by our own service applets (`make install-service`):
+/// a Unix socket path reaches the socket qubes.ConnectUnix relays to, and
+/// the tcp-bind port reaches the server from the bind address. dom0's
+/// policy is what `policy` prints, and nothing more.
+#[test]
+fn add_unix_and_tcp_bind() {
+    let Some(lab) = Lab::start() else { return };
+    let m = &lab.manager;
+    lab.installed_services("vault");
+    lab.installed_services("nfs-server");
+    let runtime = m.runtime_dir();
+    unix_backend(
+        &m.outside(runtime.join("qubes.ConnectUnix/echo")),
+        "vault",
+        m.user(),
+    );
+    let nfs = Backend::peer_reporter();
+    let port = nfs.addr.port();
+
+    let out = lab.qc_ok(&[
+        "add",
+        "unix",
+        "%t/qrexec-connect-unix/S.echo",
+        "vault",
+        "echo",
+    ]);
+    let dropin = lab
+        .units()
+        .join("qrexec-connect-unix@echo.socket.d/vault.conf");
+    assert!(
+        out.contains(&format!("wrote {}", dropin.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("qubes.ConnectUnix  +echo  <this-qube>  vault  allow"),
+        "{out}"
+    );
+    let ip = loopback();
+    let nfs_listen = SocketAddr::from((ip, 2049));
+    let out = lab.qc_ok(&[
+        "add",
+        "tcp-bind",
+        &format!("{ip}:2049:nfs-server:{port}-127.0.1.1"),
+    ]);
+    let bind_unit = format!("qrexec-connect-tcp-bind@{port}-127.0.1.1.socket");
+    assert!(
+        out.contains(&format!(
+            "wrote {}",
+            lab.units()
+                .join(format!("{bind_unit}.d/nfs-server.conf"))
+                .display()
+        )),
+        "{out}"
+    );
+
+    let lines = policy_lines(&lab.qc_ok(&["policy"]));
+    assert_eq!(
+        lines,
+        [
+            format!("qubes.ConnectTCPBind  +{port}-127.0.1.1  dev  nfs-server  allow"),
+            "qubes.ConnectUnix  +echo  dev  vault  allow".to_owned(),
+        ]
+    );
+    lab.world.policy(&lines.join("\n"));
+
+    let client = m.outside(runtime.join("qrexec-connect-unix/S.echo"));
+    let mut stream = UnixStream::connect(&client)
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", client.display()));
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(b"through the unix forward").unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "vault\nthrough the unix forward");
+
+    let mut stream = TcpStream::connect_timeout(&nfs_listen, WAIT).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut peer = String::new();
+    stream.read_to_string(&mut peer).unwrap();
+    assert_eq!(peer, "127.0.1.1", "the server sees the bind address");
+
+    let calls = lab.world.finished_calls(2);
+    let mut made: Vec<(String, String)> = calls
+        .iter()
+        .map(|c| (c.target_raw().unwrap(), c.call_raw().unwrap()))
+        .collect();
+    made.sort();
+    assert_eq!(
+        made,
+        [
+            (
+                "nfs-server".to_owned(),
+                format!("qubes.ConnectTCPBind+{port}-127.0.1.1")
+            ),
+            ("vault".to_owned(), "qubes.ConnectUnix+echo".to_owned()),
+        ]
+    );
+    let m = &lab.manager;
+    let unix_listen = runtime.join("qrexec-connect-unix/S.echo");
+    let unix_listen = unix_listen.to_str().unwrap();
+    m.wait_until("both daemons report their connection", WAIT, || {
+        let list = lab.qc_ok(&["list"]);
+        [unix_listen.to_owned(), nfs_listen.to_string()]
+            .iter()
+            .all(|l| list_row(&list, l)[5..] == ["0", "1", "0", "0"])
+    });
+    assert_counters_are_the_journals(&lab, "qrexec-connect-unix@echo.service");
+    assert_counters_are_the_journals(&lab, &bind_unit.replace(".socket", ".service"));
+    assert_list_is_list_sockets(&lab);
+    let list = lab.qc_ok(&["list"]);
+    let unix_row = list_row(
+        &list,
+        &runtime
+            .join("qrexec-connect-unix/S.echo")
+            .display()
+            .to_string(),
+    );
+    assert_eq!(
+        unix_row[1..4],
+        [
+            "vault",
+            "qubes.ConnectUnix+echo",
+            "qrexec-connect-unix@echo.socket"
+        ]
+    );
+    assert_eq!(list_row(&list, &nfs_listen.to_string())[3], bind_unit);
+
+    lab.qc_ok(&["remove", "%t/qrexec-connect-unix/S.echo"]);
+    assert!(!dropin.exists());
+    assert!(
+        UnixStream::connect(&client).is_err(),
+        "the unix forward still listens"
+    );
+    lab.qc_ok(&["remove", &bind_unit]);
+    assert_refused(nfs_listen);
+    drop(nfs);
+}
+
+/// Runs `qrexec-connect ARGS` (which restarts the service of `addr`) while
+/// a connection to `addr` is open, half sent: the connection must finish
+/// with all its bytes. Returns what the command printed.
+fn add_during_a_connection(lab: &Lab, addr: SocketAddr, args: &[&str]) -> String {
+    let data: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+    let mut stream = TcpStream::connect_timeout(&addr, WAIT).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    stream.write_all(&data[..data.len() / 2]).unwrap();
+    let m = &lab.manager;
+    let service = "qrexec-connect-tcp@22.service";
+    m.wait_until("the connection is open in the service", WAIT, || {
+        m.property(service, "StatusText").starts_with("1 active")
+    });
+    let out = thread::scope(|scope| {
+        let command = scope.spawn(|| lab.qc(args));
+        m.wait_until("the service is draining", WAIT, || {
+            m.property(service, "ActiveState") == "deactivating"
+        });
+        stream.write_all(&data[data.len() / 2..]).unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        assert!(
+            answer == [b"work\n".as_slice(), &data].concat(),
+            "the open connection lost bytes: {} of {}",
+            answer.len(),
+            data.len() + 5
+        );
+        command.join().unwrap()
+    });
+    assert!(
+        out.status.success(),
+        "qrexec-connect {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Bad input: one line on stderr, status 2, nothing written, nothing reloaded.
@@ -551,6 +980,9 @@ fn bad_input_changes_nothing() {
         "add call 8000 work qubes.X/y".to_owned(),
         "add udp 53:dns".to_owned(),
         "add".to_owned(),
+        // Other hosts could reach it: refused without --allow-remote.
+        "add tcp 0.0.0.0:2525:work:22".to_owned(),
+        "add call [::]:2525 work qubes.ConnectTCP+22".to_owned(),
         // Already configured: the same qube on the same port, and the same
         // address through another port.
         format!("add tcp {ip}:2222:work:22"),

@@ -414,12 +414,16 @@ fn bad_file_descriptor_name_fails_with_the_reason() {
 
 /// The same port to a second qube, the other way (no file reading): a
 /// second socket unit with `Service=qrexec-connect-tcp@1234.service`. Each address
-/// reaches its own qube, through one service that holds both sockets.
+/// reaches its own qube, through one service that holds both sockets. Added
+/// as the README says, while the first serves.
 #[test]
 fn same_port_to_two_qubes_through_a_second_socket() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
     let (_backends, first, second) = lab.gitweb_and_work_on_1234();
+    lab.reload();
+    m.systemctl_ok(&["enable", "--now", "qrexec-connect-tcp@1234.socket"]);
+    assert_reaches(socket_addr(first, 1234), "gitweb");
     // Named outside the qrexec-connect- prefix, whose drop-in would send it
     // to qrexec-connect.service instead.
     m.write_user_unit(
@@ -431,6 +435,11 @@ fn same_port_to_two_qubes_through_a_second_socket() {
         ),
     );
     lab.reload();
+    m.systemctl_ok(&[
+        "stop",
+        "qrexec-connect-tcp@1234.socket",
+        "qrexec-connect-tcp@1234.service",
+    ]);
     m.systemctl_ok(&["enable", "--now", "work-1234.socket"]);
     m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
     let service = "qrexec-connect-tcp@1234.service";
@@ -827,15 +836,16 @@ fn seed_001_one_service_beside_a_template() {
     );
     lab.listen("qrexec-connect-tcp@1234", "work", c, 1234);
     lab.reload();
-    m.systemctl_ok(&[
-        "enable",
-        "--now",
-        "qrexec-connect-gitweb.socket",
-        "qrexec-connect-gitweb-work.socket",
-    ]);
+    m.systemctl_ok(&["enable", "--now", "qrexec-connect-gitweb.socket"]);
     m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
-
     let one = "qrexec-connect.service";
+    // The README's order: the second socket unit comes while the one
+    // service runs, which it must stop first.
+    assert_reaches(socket_addr(a, 1234), "gitweb");
+    assert_eq!(m.is_active(one), "active");
+    m.systemctl_ok(&["stop", one]);
+    m.systemctl_ok(&["enable", "--now", "qrexec-connect-gitweb-work.socket"]);
+
     let templated = "qrexec-connect-tcp@1234.service";
     assert_eq!(m.property("qrexec-connect-gitweb.socket", "Triggers"), one);
     assert_eq!(
@@ -891,14 +901,20 @@ fn exit_idle_time_scales_to_zero_and_back() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
     let (_gitweb, ip) = lab.gitweb_on_1234();
+    lab.reload();
+    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let service = "qrexec-connect-tcp@1234.service";
+    let addr = socket_addr(ip, 1234);
+    // The README's order: the drop-in comes while the service runs, which
+    // keeps its command line until it is stopped.
+    assert_reaches(addr, "gitweb");
     m.write_user_unit(
         "qrexec-connect-tcp@1234.service.d/idle.conf",
         "[Service]\nExecStart=\nExecStart=/usr/local/bin/qrexec-connect-tcp --exit-idle-time 1 %i\n",
     );
     lab.reload();
-    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
-    let service = "qrexec-connect-tcp@1234.service";
-    let addr = socket_addr(ip, 1234);
+    assert_eq!(m.is_active(service), "active");
+    m.systemctl_ok(&["stop", service]);
 
     let mut invocations = Vec::new();
     for round in 0..3 {
@@ -1054,13 +1070,18 @@ fn seed_000_split_ssh() {
     let fingerprint = String::from_utf8(fingerprint.stdout).unwrap();
     let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_owned();
 
+    // gpg-agent is running, as it usually is by the time one sets this up.
+    let agent = format!("{}/gnupg/S.gpg-agent.ssh", runtime.display());
+    m.systemctl_ok(&["start", "gpg-agent-ssh.socket"]);
+    m.run(&[("SSH_AUTH_SOCK", &agent)], &["ssh-add", "-l"]);
+    assert_eq!(m.is_active("gpg-agent.service"), "active");
     m.write_user_unit(
         "gpg-agent-ssh.socket.d/qubes.ConnectUnix.conf",
         "[Socket]\nSymlinks=%t/qubes.ConnectUnix/gpg-agent-ssh\n",
     );
     lab.reload();
-    m.systemctl_ok(&["restart", "gpg-agent-ssh.socket"]);
-    let agent = format!("{}/gnupg/S.gpg-agent.ssh", runtime.display());
+    m.systemctl_ok(&["stop", "gpg-agent-ssh.socket", "gpg-agent.service"]);
+    m.systemctl_ok(&["start", "gpg-agent-ssh.socket"]);
     let linked = m.outside(runtime.join("qubes.ConnectUnix/gpg-agent-ssh"));
     assert_eq!(fs::read_link(&linked).unwrap(), Path::new(&agent));
     let added = m.run(
@@ -1124,6 +1145,14 @@ fn nfs_with_a_bind_address_per_client() {
         a,
         2049,
     );
+    lab.reload();
+    m.systemctl_ok(&[
+        "enable",
+        "--now",
+        &format!("qrexec-connect-tcp-bind@{port}-127.0.1.1.socket"),
+    ]);
+    assert_eq!(exchange(socket_addr(a, 2049), b""), b"127.0.1.1");
+    // Another instance, while the first serves: the README's two commands.
     lab.listen(
         &format!("qrexec-connect-tcp-bind@{port}-127.0.1.2"),
         "nfs-server",
@@ -1132,8 +1161,8 @@ fn nfs_with_a_bind_address_per_client() {
     );
     lab.reload();
     m.systemctl_ok(&[
-        "start",
-        &format!("qrexec-connect-tcp-bind@{port}-127.0.1.1.socket"),
+        "enable",
+        "--now",
         &format!("qrexec-connect-tcp-bind@{port}-127.0.1.2.socket"),
     ]);
     assert_eq!(exchange(socket_addr(a, 2049), b""), b"127.0.1.1");

@@ -12,11 +12,22 @@ use super::unit::{Layout, ONE_SERVICE};
 use super::{list, policy, systemctl};
 use crate::error::{Error, IoContext as _, Result};
 
+/// The option that lets a TCP forward listen where other hosts reach it.
+pub const ALLOW_REMOTE: &str = "--allow-remote";
+
 pub fn run(args: &[&str]) -> Result<u8> {
-    if let Some(code) = super::help(args, "add KIND SPEC...", USAGE)? {
+    let about = format!("{USAGE}; a TCP address that is not loopback needs {ALLOW_REMOTE}");
+    if let Some(code) = super::help(args, "add [--allow-remote] KIND SPEC...", &about)? {
         return Ok(code);
     }
-    let forward = Forward::parse(args).map_err(|e| Error::Usage(e.to_string()))?;
+    let allow_remote = args.contains(&ALLOW_REMOTE);
+    let words: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != ALLOW_REMOTE)
+        .collect();
+    let forward = Forward::parse(&words).map_err(|e| Error::Usage(e.to_string()))?;
+    let warning = remote(&forward, allow_remote)?;
     let layout = Layout::of(&forward);
     let path = systemctl::config_dir()?.join(&layout.file);
     check(&forward, &layout, &path)?;
@@ -28,8 +39,37 @@ pub fn run(args: &[&str]) -> Result<u8> {
             forward.listen
         ))
     })?;
+    if let Some(warning) = warning {
+        println!("{warning}");
+    }
     print!("{}", report(&forward, &layout, &path, &done));
     Ok(0)
+}
+
+/// A TCP forward on an address that is not loopback: any host that reaches
+/// it calls the qube with this qube's rights in dom0's policy, and nothing
+/// in qrexec tells those hosts apart from this qube's own programs. So it
+/// is refused unless [`ALLOW_REMOTE`] says so; then the warning to print.
+fn remote(forward: &Forward, allowed: bool) -> Result<Option<String>> {
+    let Listen::Tcp(addr) = &forward.listen else {
+        return Ok(None);
+    };
+    if addr.ip().to_canonical().is_loopback() {
+        return Ok(None);
+    }
+    let risk = format!(
+        "{} is not a loopback address: any host that can reach it can use this forward \
+         with this qube's rights (calling {} {})",
+        addr.ip(),
+        forward.target,
+        forward.call()
+    );
+    match allowed {
+        true => Ok(Some(format!("warning: {risk}"))),
+        false => Err(Error::Usage(format!(
+            "{risk}; add {ALLOW_REMOTE} if that is what you want"
+        ))),
+    }
 }
 
 /// Refuses, before anything is written or reloaded, a forward that could
@@ -105,42 +145,16 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     })
 }
 
-/// Loads the new file and starts listening: a socket unit binds a new
-/// address only when it restarts, and it cannot start while its service
-/// runs, so a running service is stopped first (it drains its open
-/// connections) and starts again at the next connection. Returns what it did.
+/// Loads the new file, enables the socket, and makes it listen on the new
+/// address ([`systemctl::restart_socket`]). Returns what it did.
 fn activate(layout: &Layout) -> Result<Vec<String>> {
-    let mut done = Vec::new();
     systemctl::run(&["daemon-reload"])?;
     systemctl::run(&["enable", &layout.socket])?;
-    let serving = systemctl::is_active(&layout.service)?;
-    let listening = systemctl::is_active(&layout.socket)?;
-    if serving {
-        systemctl::run(&["stop", &layout.service])?;
-        done.push(format!(
-            "stopped {} (its open connections drained first): a socket unit cannot restart while its service runs; it starts again at the next connection",
-            layout.service
-        ));
-    }
-    if listening || serving {
-        systemctl::run(&["restart", &layout.socket])?;
-        done.push(format!(
-            "restarted {} so that it binds the new address",
-            layout.socket
-        ));
-    } else {
-        systemctl::run(&["start", &layout.socket])?;
-    }
-    if !systemctl::is_active(&layout.socket)? {
-        return Err(Error::Unavailable(format!(
-            "{} did not start: see systemctl --user status {}",
-            layout.socket, layout.socket
-        )));
-    }
-    done.push(format!(
-        "enabled and started {}: it listens again after a reboot",
+    let mut done = vec![format!(
+        "enabled {}: it listens again after every boot",
         layout.socket
-    ));
+    )];
+    done.extend(systemctl::restart_socket(&layout.socket, &layout.service)?);
     Ok(done)
 }
 
@@ -170,4 +184,38 @@ fn report(forward: &Forward, layout: &Layout, path: &Path, done: &[String]) -> S
         policy::line(source, forward.target.as_str(), call.as_str())
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward(spec: &str) -> Forward {
+        Forward::parse(&["tcp", spec]).unwrap()
+    }
+
+    #[test]
+    fn remote_addresses_need_allow_remote() {
+        for local in ["2222:work:22", "127.0.0.2:2222:work:22", "[::1]:22:work"] {
+            assert_eq!(remote(&forward(local), false).unwrap(), None, "{local}");
+        }
+        for spec in ["0.0.0.0:2222:work:22", "10.137.0.5:22:work", "[::]:22:work"] {
+            let refused = remote(&forward(spec), false).unwrap_err();
+            assert_eq!(refused.exit_code(), 2, "{spec}");
+            let text = refused.to_string();
+            assert!(
+                text.contains("is not a loopback address: any host that can reach it")
+                    && text.ends_with("add --allow-remote if that is what you want"),
+                "{text}"
+            );
+            let warning = remote(&forward(spec), true).unwrap().unwrap();
+            assert!(warning.starts_with("warning: "), "{warning}");
+            assert!(
+                warning.contains("with this qube's rights (calling work qubes.ConnectTCP+22)"),
+                "{warning}"
+            );
+        }
+        let unix = Forward::parse(&["unix", "/run/x", "vault", "ssh"]).unwrap();
+        assert_eq!(remote(&unix, false).unwrap(), None);
+    }
 }

@@ -34,27 +34,58 @@ pub fn run(args: &[&str]) -> Result<u8> {
         .iter()
         .filter(|r| r.socket == socket && !matched.contains(r))
         .count();
-    for line in take_back(&socket, &service, &files, rest)? {
+    // The one qrexec-connect.service, or a service a hand-written
+    // `Service=` socket also triggers, starts again for its other sockets.
+    let shared = rows
+        .iter()
+        .any(|r| r.service == service && r.socket != socket);
+    let units = Units {
+        socket: &socket,
+        service: &service,
+        rest,
+        shared,
+    };
+    for line in take_back(&units, &files)? {
         println!("{line}");
     }
     Ok(0)
 }
 
-/// Stops what listens, deletes the files and reloads; with `rest` other
-/// addresses left on the socket unit, restarts it instead of stopping it.
+/// The units of the forward being removed.
+struct Units<'a> {
+    socket: &'a str,
+    service: &'a str,
+    /// How many other addresses the socket unit keeps.
+    rest: usize,
+    /// Whether other socket units send their connections to the service.
+    shared: bool,
+}
+
+/// Stops what listens, deletes the files and reloads; with other addresses
+/// left on the socket unit, restarts it (and its service, if it runs)
+/// instead of stopping it, so that it lets go of the removed address.
 /// Returns what it did.
-fn take_back(socket: &str, service: &str, files: &[String], rest: usize) -> Result<Vec<String>> {
+fn take_back(units: &Units, files: &[String]) -> Result<Vec<String>> {
+    let Units {
+        socket,
+        service,
+        rest,
+        shared,
+    } = *units;
     let mut done = Vec::new();
     if rest == 0 {
         systemctl::run(&["disable", socket])?;
         let mut stop = vec![socket];
         // The service holds the listening socket too: it must go, or the
-        // address keeps accepting. The one shared service restarts at the
-        // next connection to any of its other sockets.
+        // address keeps accepting.
         if systemctl::is_active(service)? {
             stop.push(service);
+            let again = match shared {
+                true => "; it starts again at the next connection to its other sockets",
+                false => "",
+            };
             done.push(format!(
-                "stopped {service} (its open connections drained first)"
+                "stopped {service} (its open connections drained first){again}"
             ));
         }
         systemctl::run(&[&["stop"], stop.as_slice()].concat())?;
@@ -72,16 +103,12 @@ fn take_back(socket: &str, service: &str, files: &[String], rest: usize) -> Resu
         }
     }
     systemctl::run(&["daemon-reload"])?;
+    done.push("reloaded the user manager (systemctl --user daemon-reload)".to_owned());
     if rest > 0 {
-        if systemctl::is_active(service)? {
-            systemctl::run(&["stop", service])?;
-            done.push(format!(
-                "stopped {service} (its open connections drained first); it starts again at the next connection"
-            ));
-        }
-        systemctl::run(&["restart", socket])?;
+        done.extend(systemctl::restart_socket(socket, service)?);
+        let plural = if rest == 1 { "" } else { "es" };
         done.push(format!(
-            "restarted {socket}: its {rest} other address(es) still listen"
+            "{socket} still listens on its {rest} other address{plural}"
         ));
     }
     Ok(done)

@@ -66,3 +66,39 @@ pub fn expand(value: &str) -> String {
         value.to_owned()
     }
 }
+
+/// Makes a socket unit listen on what its files now say, and returns what
+/// it did, for the user. A socket binds new addresses only when it starts
+/// again, and systemd refuses to start a socket whose service runs ("Socket
+/// service ... already active, refusing"), even with `restart`: so a
+/// running service stops with the socket, in one transaction (the service
+/// first, draining its open connections), then the socket starts alone and
+/// the service starts again at the next connection.
+pub fn restart_socket(socket: &str, service: &str) -> Result<Vec<String>> {
+    let listening = is_active(socket)?;
+    let serving = is_active(service)?;
+    match (listening, serving) {
+        (_, true) => run(&["stop", socket, service])?,
+        (true, false) => run(&["stop", socket])?,
+        (false, false) => String::new(),
+    };
+    run(&["start", socket])?;
+    if !is_active(socket)? {
+        return Err(Error::Unavailable(format!(
+            "{socket} did not start: see systemctl --user status {socket}"
+        )));
+    }
+    const DRAINED: &str = "its open connections drained first";
+    Ok(vec![match (listening, serving) {
+        (true, true) => format!(
+            "restarted {socket} and {service} ({DRAINED}): the socket listens on \
+             every address of its files again, the service starts at its next connection"
+        ),
+        (false, true) => format!(
+            "restarted {service} ({DRAINED}) so that {socket} could start: \
+             the service starts again at its next connection"
+        ),
+        (true, false) => format!("restarted {socket}: it listens on every address of its files"),
+        (false, false) => format!("started {socket}"),
+    }])
+}
