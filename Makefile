@@ -159,6 +159,9 @@ deb: binary-built
 	rm -rf $(PKGDIR)/deb
 	mkdir -p $(PKGDIR)/deb/root/DEBIAN
 	$(MAKE) --no-print-directory install-package DESTDIR=$(abspath $(PKGDIR)/deb/root)
+	# The ssh_config drop-in is a configuration file: an edit survives an
+	# upgrade, and purge removes it.
+	for conf in $(SSH_CONFIGS); do echo $(SSHCONFIGDIR)/$$conf; done > $(PKGDIR)/deb/root/DEBIAN/conffiles
 	dpkg-gencontrol -pqrexec-connect -P$(PKGDIR)/deb/root \
 		-f$(PKGDIR)/deb/files -T$(PKGDIR)/deb/substvars
 	dpkg-deb --root-owner-group -Zxz --build $(PKGDIR)/deb/root \

@@ -251,50 +251,64 @@ fn release_binary() -> PathBuf {
     repo("target/x86_64-unknown-linux-gnu/release/qrexec-connect")
 }
 
-const UNITS: [&str; 11] = [
-    "qrexec-connect.service",
-    "qrexec-connect-.socket.d/service.conf",
-    "qrexec-connect-tcp@.service",
-    "qrexec-connect-tcp@.socket",
-    "qrexec-connect-tcp@.socket.d/service.conf",
-    "qrexec-connect-tcp-bind@.service",
-    "qrexec-connect-tcp-bind@.socket",
-    "qrexec-connect-tcp-bind@.socket.d/service.conf",
-    "qrexec-connect-unix@.service",
-    "qrexec-connect-unix@.socket",
-    "qrexec-connect-unix@.socket.d/service.conf",
-];
+/// The names in a directory of the repository, sorted.
+fn names_in(dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(repo(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The user units and drop-ins, relative to units/ (as the Makefile lists them).
+fn units() -> Vec<String> {
+    let mut units = Vec::new();
+    for name in names_in("units") {
+        if name.ends_with(".d") {
+            for conf in names_in(&format!("units/{name}")) {
+                units.push(format!("{name}/{conf}"));
+            }
+        } else {
+            units.push(name);
+        }
+    }
+    units
+}
 
 /// The directories the package owns (the others, such as /usr/bin, are
-/// the system's).
-const OWN_DIRS: [&str; 6] = [
-    "/usr/lib/systemd/user/qrexec-connect-.socket.d",
-    "/usr/lib/systemd/user/qrexec-connect-tcp@.socket.d",
-    "/usr/lib/systemd/user/qrexec-connect-tcp-bind@.socket.d",
-    "/usr/lib/systemd/user/qrexec-connect-unix@.socket.d",
-    "/usr/share/doc/qrexec-connect",
-    "/usr/share/doc/qrexec-connect/policy-examples",
-];
+/// the system's): the units' drop-in directories and the documentation's.
+fn own_dirs() -> BTreeSet<String> {
+    names_in("units")
+        .into_iter()
+        .filter(|name| name.ends_with(".d"))
+        .map(|name| format!("/usr/lib/systemd/user/{name}"))
+        .chain([
+            "/usr/share/doc/qrexec-connect".to_owned(),
+            "/usr/share/doc/qrexec-connect/policy-examples".to_owned(),
+        ])
+        .collect()
+}
 
 /// Every file of the package: path -> `MODE` or `-> TARGET`.
 fn expected_files() -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     let mut add = |path: String, what: &str| files.insert(path, what.to_owned());
     add("/usr/bin/qrexec-connect".into(), "755");
-    for applet in ["tcp", "tcp-bind", "unix"] {
-        add(
-            format!("/usr/bin/qrexec-connect-{applet}"),
-            "-> qrexec-connect",
-        );
+    for applet in names_in("links/bin") {
+        add(format!("/usr/bin/{applet}"), "-> qrexec-connect");
     }
-    for service in ["ConnectUnix", "ConnectTCPBind", "ConnectNFS"] {
+    for service in names_in("links/qubes-rpc") {
         add(
-            format!("/etc/qubes-rpc/qubes.{service}"),
+            format!("/etc/qubes-rpc/{service}"),
             "-> /usr/bin/qrexec-connect",
         );
     }
-    for unit in UNITS {
+    for unit in units() {
         add(format!("/usr/lib/systemd/user/{unit}"), "644");
+    }
+    for conf in names_in("ssh") {
+        add(format!("/etc/ssh/ssh_config.d/{conf}"), "644");
     }
     add("/usr/share/man/man1/qrexec-connect.1.gz".into(), "644");
     add(
@@ -457,6 +471,7 @@ fn snapshot() -> BTreeSet<String> {
     for (dir, depth) in [
         ("/usr/bin", 0),
         ("/etc", 1),
+        ("/etc/ssh/ssh_config.d", 0),
         ("/usr/lib/systemd", 3),
         ("/usr/share/man", 1),
         ("/usr/share/doc", 1),
@@ -480,7 +495,7 @@ fn packages_install_serve_and_purge() {
     let (rpm_files, rpm_dirs) = rpm_entries(&rpm);
     assert_eq!(deb_files, expected_files(), "the .deb's files");
     assert_eq!(rpm_files, deb_files, "the .rpm's files against the .deb's");
-    let own: BTreeSet<String> = OWN_DIRS.iter().map(|d| d.to_string()).collect();
+    let own = own_dirs();
     assert_eq!(rpm_dirs, own, "the .rpm's directories");
     assert!(deb_dirs.is_superset(&own), "{deb_dirs:?}");
 
