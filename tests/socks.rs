@@ -7,14 +7,14 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{chown, symlink};
+use std::os::unix::fs::symlink;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::user_manager::UserManager;
+use common::lab;
 use common::{
     Activate, Address, Conn, DEADLINE, Daemon, Listen, Program, TempDir, World, each_case,
     make_install, wait_until,
@@ -366,15 +366,9 @@ fn idle_exit_and_restart_under_systemd() {
     world.policy("qubes.ConnectTCP +7 dev work allow\n");
     let echo = echo_server();
     tcp_service(&world, 7, echo);
-    let mut setup = UserManager::setup()
-        .bind(stage.path().join("usr/local"), "/usr/local")
-        .env("QREXEC_STANDIN_SOURCE", "dev");
-    for (key, value) in world.env_for_other_user() {
-        setup = setup.env(&key, value);
-    }
-    let Some(m) = setup.start() else { return };
-    let user = m.user();
-    chown(world.root(), Some(user.uid), Some(user.gid)).unwrap();
+    let Some(m) = lab::start(lab::installed_setup(&world, stage.path()), &world) else {
+        return;
+    };
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
