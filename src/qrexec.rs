@@ -23,6 +23,14 @@ use crate::sys::spawn::Program;
 
 /// Where qrexec-client-vm is installed in every Qubes VM.
 pub const DEFAULT_PATH: &str = "/usr/bin/qrexec-client-vm";
+/// The qrexec-client-vm to run: `given` (`--qrexec-client-vm`), else
+/// `env` (`$QREXEC_CLIENT_VM`), else [`DEFAULT_PATH`].
+pub fn client_vm_path(given: Option<PathBuf>, env: Option<OsString>) -> PathBuf {
+    given
+        .or_else(|| env.map(PathBuf::from))
+        .unwrap_or_else(|| DEFAULT_PATH.into())
+}
+
 /// The option that marks fd 0 as a socket; its presence in `-h` tells support.
 pub const STDIN_SOCKET_FLAG: &str = "--use-stdin-socket";
 

@@ -9,10 +9,11 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
+use common::lab;
 use common::user_manager::UserManager;
 use common::{DEADLINE, TempDir, World, make_install, wait_for};
 
@@ -123,16 +124,7 @@ fn every_socket_unit_is_the_users_alone() {
 /// stand-in's world in place of Qubes; the stage must outlive it.
 fn installed_manager(world: &World, stage: &TempDir) -> Option<UserManager> {
     make_install(stage.path());
-    let mut setup = UserManager::setup()
-        .bind(stage.path().join("usr/local"), "/usr/local")
-        .env("QREXEC_STANDIN_SOURCE", "dev");
-    for (key, value) in world.env_for_other_user() {
-        setup = setup.env(&key, value);
-    }
-    let m = setup.start()?;
-    let user = m.user();
-    chown(world.root(), Some(user.uid), Some(user.gid)).unwrap();
-    Some(m)
+    lab::start(lab::installed_setup(world, stage.path()), world)
 }
 
 /// The permission bits and group of `path`.

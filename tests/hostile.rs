@@ -316,19 +316,30 @@ fn strip_pid(line: &str) -> &str {
         .trim_start()
 }
 
+/// Writes `dir/qrexec-client-vm`, a shell script that runs `body`.
+fn client_vm(dir: &Path, body: &str) -> PathBuf {
+    let script = dir.join("qrexec-client-vm");
+    fs::write(&script, format!("#!/bin/sh\n{body}")).unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// [`client_vm`] that runs the shell lines `first` and appends its
+/// arguments, one call a line, to `record`.
+fn recording_client_vm(dir: &Path, record: &Path, first: &str) -> PathBuf {
+    client_vm(
+        dir,
+        &format!("{first}echo \"$*\" >> '{}'\n", record.display()),
+    )
+}
+
 /// Runs the binary as `qrexec-connect APPLET ARGS...` with the case's fds and
 /// environment, and reports what it did.
 fn run(case: &Case) -> Outcome {
     assert!(case.fds.len() <= 2, "the wrapper places at most two fds");
     let dir = TempDir::new("hostile");
     let record = dir.path().join("client-vm-runs");
-    let script = dir.path().join("qrexec-client-vm");
-    fs::write(
-        &script,
-        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", record.display()),
-    )
-    .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = recording_client_vm(dir.path(), &record, "");
     let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify.set_nonblocking(true).unwrap();
@@ -492,17 +503,11 @@ fn control_a_good_configuration_serves() {
     let dir = TempDir::new("hostile");
     let record = dir.path().join("runs");
     let environment = dir.path().join("environment");
-    let script = dir.path().join("qrexec-client-vm");
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexport -p > '{}'\necho \"$*\" >> '{}'\n",
-            environment.display(),
-            record.display()
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = recording_client_vm(
+        dir.path(),
+        &record,
+        &format!("export -p > '{}'\n", environment.display()),
+    );
     let notify_path = dir.path().join("notify");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
@@ -798,13 +803,10 @@ fn unsupported_passed_fds_are_refused() {
 #[test]
 fn remote_stderr_is_logged_escaped() {
     let dir = TempDir::new("hostile");
-    let script = dir.path().join("qrexec-client-vm");
-    fs::write(
-        &script,
-        "#!/bin/sh\nprintf 'evil \\033[2J\\033[31mred\\007 \\rfake line\\n' >&2\n",
-    )
-    .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = client_vm(
+        dir.path(),
+        "printf 'evil \\033[2J\\033[31mred\\007 \\rfake line\\n' >&2\n",
+    );
     let log = dir.path().join("stderr");
     let path = dir.path().join("listener");
     let listener = UnixListener::bind(&path).unwrap();
@@ -886,13 +888,7 @@ fn non_utf8_fd_names_are_refused() {
     use std::os::unix::ffi::OsStrExt;
     let dir = TempDir::new("hostile");
     let record = dir.path().join("runs");
-    let script = dir.path().join("qrexec-client-vm");
-    fs::write(
-        &script,
-        format!("#!/bin/sh\necho \"$*\" >> '{}'\n", record.display()),
-    )
-    .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let script = recording_client_vm(dir.path(), &record, "");
     let path = dir.path().join("listener");
     let listener = UnixListener::bind(&path).unwrap();
     let listener_copy = listener.try_clone().unwrap();

@@ -267,9 +267,19 @@ fn sorted(mut v: Vec<[u8; 32]>) -> Vec<[u8; 32]> {
     v
 }
 
+/// A daemon after its warm-up, before the load.
+struct Warm {
+    /// What it holds.
+    held: Held,
+    /// Its RSS, in KiB.
+    rss: u64,
+    /// The sha256 of what each connection sent, the warm-up's and the load's.
+    sent: Vec<[u8; 32]>,
+}
+
 /// Warms the daemon up (its first connection starts it), then reads what it
-/// holds and its RSS. Returns the sha256 of what the warm-up sent too.
-fn warm_up(daemon: &Daemon, n: usize) -> (Held, u64, Vec<[u8; 32]>) {
+/// holds and its RSS.
+fn warm_up(daemon: &Daemon, n: usize) -> Warm {
     let sent = (0..n)
         .map(|i| round_trip(daemon.connect(0), &payload(usize::MAX - i, 1000)))
         .collect();
@@ -283,7 +293,11 @@ fn warm_up(daemon: &Daemon, n: usize) -> (Held, u64, Vec<[u8; 32]>) {
         last = now;
         stable
     });
-    (last, rss_kib(daemon.pid), sent)
+    Warm {
+        held: last,
+        rss: rss_kib(daemon.pid),
+        sent,
+    }
 }
 
 #[test]
@@ -298,49 +312,50 @@ fn sequential_connections() {
     let echo = Echo::start(0);
     let world = socket_world(&echo.path);
     let daemon = echo_daemon(&world, &[]);
-    let (before, rss_before, mut sent) = warm_up(&daemon, 20);
+    let mut warm = warm_up(&daemon, 20);
     let ticks_before = cpu_ticks(daemon.pid);
     let started = Instant::now();
     for i in 0..n {
-        sent.push(round_trip(daemon.connect(0), &payload(i, 4096 + i % 4096)));
+        warm.sent
+            .push(round_trip(daemon.connect(0), &payload(i, 4096 + i % 4096)));
     }
     let elapsed = started.elapsed();
-    let after = settled(&daemon, &before);
-    let rss_after = rss_kib(daemon.pid);
-    let ticks = cpu_ticks(daemon.pid) - ticks_before;
-    eprintln!(
-        "load: {n} sequential connections in {:.1}s ({:.0}/s); daemon CPU {ticks} ticks; \
-         RSS {rss_before} -> {rss_after} KiB; fds {}; threads {}",
-        elapsed.as_secs_f64(),
-        n as f64 / elapsed.as_secs_f64(),
-        after.fds.len(),
-        after.threads
-    );
-    assert_back_to_start(
-        daemon,
-        &echo,
-        (&before, &after),
-        (rss_before, rss_after),
-        sent,
-    );
+    let pid = daemon.pid;
+    assert_back_to_start(daemon, &echo, warm, |after, (rss_before, rss_after)| {
+        let ticks = cpu_ticks(pid) - ticks_before;
+        format!(
+            "load: {n} sequential connections in {:.1}s ({:.0}/s); daemon CPU {ticks} ticks; \
+             RSS {rss_before} -> {rss_after} KiB; fds {}; threads {}",
+            elapsed.as_secs_f64(),
+            n as f64 / elapsed.as_secs_f64(),
+            after.fds.len(),
+            after.threads
+        )
+    });
 }
 
-/// After a load: the daemon holds what it held before (fds, threads; RSS
-/// within the slack), the server received exactly what the clients sent
-/// (both ways), and SIGTERM ends the daemon with 0.
+/// After a load: once the daemon has settled (see [`settled`]) and the
+/// summary line `report` makes of what it holds and its RSS (before and
+/// after) is logged, the
+/// daemon holds what it held before (fds, threads; RSS within the slack),
+/// the server received exactly what the clients sent (both ways), and
+/// SIGTERM ends the daemon with 0.
 fn assert_back_to_start(
     mut daemon: Daemon,
     echo: &Echo,
-    (before, after): (&Held, &Held),
-    (rss_before, rss_after): (u64, u64),
-    sent: Vec<[u8; 32]>,
+    warm: Warm,
+    report: impl FnOnce(&Held, (u64, u64)) -> String,
 ) {
+    let (before, rss_before) = (warm.held, warm.rss);
+    let after = settled(&daemon, &before);
+    let rss_after = rss_kib(daemon.pid);
+    eprintln!("{}", report(&after, (rss_before, rss_after)));
     assert_eq!(after, before, "what the daemon holds changed");
     assert!(
         rss_after <= rss_before + RSS_SLACK_KIB,
         "RSS grew from {rss_before} to {rss_after} KiB"
     );
-    assert_eq!(sorted(echo.received()), sorted(sent));
+    assert_eq!(sorted(echo.received()), sorted(warm.sent));
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit().code(), Some(0));
 }
@@ -389,30 +404,23 @@ fn concurrent_connections() {
     // enough for any number of connections, as the daemon holds no fd for
     // an open one.
     set_nofile(daemon.pid, 1024, nofile_of(0).1);
-    let (before, rss_before, mut sent) = warm_up(&daemon, 20);
+    let mut warm = warm_up(&daemon, 20);
     // Replies wait until all n connections are open at once.
     echo.gate(n);
     let started = Instant::now();
-    sent.extend(clients_at_once(&daemon, n, 64 * 1024));
+    warm.sent.extend(clients_at_once(&daemon, n, 64 * 1024));
     let elapsed = started.elapsed();
-    let after = settled(&daemon, &before);
-    let rss_after = rss_kib(daemon.pid);
-    let (_, most, _) = world.concurrency();
-    eprintln!(
-        "load: {n} concurrent connections in {:.1}s; {most} qrexec-client-vm at once; \
-         RSS {rss_before} -> {rss_after} KiB; fds {}; threads {}",
-        elapsed.as_secs_f64(),
-        after.fds.len(),
-        after.threads
-    );
     assert!(echo.most_open() >= n, "only {} at once", echo.most_open());
-    assert_back_to_start(
-        daemon,
-        &echo,
-        (&before, &after),
-        (rss_before, rss_after),
-        sent,
-    );
+    assert_back_to_start(daemon, &echo, warm, |after, (rss_before, rss_after)| {
+        let (_, most, _) = world.concurrency();
+        format!(
+            "load: {n} concurrent connections in {:.1}s; {most} qrexec-client-vm at once; \
+             RSS {rss_before} -> {rss_after} KiB; fds {}; threads {}",
+            elapsed.as_secs_f64(),
+            after.fds.len(),
+            after.threads
+        )
+    });
 }
 
 /// At `--max-connections 50`, 500 clients at once: the others wait in the
@@ -424,7 +432,11 @@ fn max_connections_limits_children() {
     let echo = Echo::start(0);
     let world = socket_world(&echo.path);
     let mut daemon = echo_daemon(&world, &["--max-connections", &limit.to_string()]);
-    let (before, _, mut sent) = warm_up(&daemon, 5);
+    let Warm {
+        held: before,
+        mut sent,
+        ..
+    } = warm_up(&daemon, 5);
     // Replies wait until the limit is reached, so that it is.
     echo.gate(limit);
     sent.extend(clients_at_once(&daemon, n, 16 * 1024));
@@ -456,7 +468,7 @@ fn accept_backs_off_when_out_of_fds() {
     let world = socket_world(&echo.path);
     // -v: every back-off is logged (at debug; the shortage once as a warning).
     let daemon = echo_daemon(&world, &["-v"]);
-    let (before, _, _) = warm_up(&daemon, 1);
+    let before = warm_up(&daemon, 1).held;
     let original = nofile_of(daemon.pid);
     // The lowest free fd number is the limit: the next fd cannot be had.
     let lowest_free = (0..).find(|n| !before.fds.contains_key(n)).unwrap();

@@ -14,32 +14,25 @@ mod common;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{chown, symlink};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::fs::chown;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread::{self, JoinHandle};
+use std::thread;
 
+use common::lab::{
+    self, Backend, CLIENT, HalfSent, assert_no_answer, assert_reaches, assert_routed, unix_backend,
+};
 use common::user_manager::UserManager;
 use common::{DEADLINE as WAIT, TempDir, World, make_install};
 
-const CLIENT: &str = "dev";
 const MARKER: &str = "# written by qrexec-connect add; qrexec-connect remove deletes it";
 /// What `policy` writes where `qubesdb-read /name` is missing.
 const PLACEHOLDER: &str = "<this-qube>";
 
 /// A loopback address no other test of this process uses.
 fn loopback() -> Ipv4Addr {
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNT.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
-    Ipv4Addr::new(
-        127,
-        100 + (pid % 100) as u8,
-        (pid / 100 % 250) as u8,
-        101 + n as u8,
-    )
+    lab::loopback_from(101)
 }
 
 /// A manager with qrexec-connect installed, the stand-in's world, and the
@@ -60,7 +53,6 @@ impl Lab {
         let config = TempDir::new("config");
         let manager = Self::manager(&stage, &world, &config)?;
         let user = manager.user();
-        chown(world.root(), Some(user.uid), Some(user.gid)).unwrap();
         chown(config.path(), Some(user.uid), Some(user.gid)).unwrap();
         Some(Lab {
             manager,
@@ -71,29 +63,9 @@ impl Lab {
     }
 
     fn manager(stage: &TempDir, world: &World, config: &TempDir) -> Option<UserManager> {
-        let mut setup = UserManager::setup()
-            .bind(stage.path().join("usr/local"), "/usr/local")
-            .env("QREXEC_STANDIN_SOURCE", CLIENT)
-            .env("XDG_CONFIG_HOME", config.path());
-        for (key, value) in world.env_for_other_user() {
-            setup = setup.env(&key, value);
-        }
-        let manager = setup.start()?;
-        // The home and the unit directory are under /tmp, which the
-        // services' PrivateTmp= hides; a real home (/home/user) they see
-        // read-only (ProtectHome=), and the client applets read their
-        // socket unit's drop-ins there when two share a name.
-        let visible = manager.outside("/run/systemd/user/qrexec-.service.d/50-test-home.conf");
-        fs::create_dir_all(visible.parent().unwrap()).unwrap();
-        fs::write(
-            visible,
-            format!(
-                "[Service]\nBindReadOnlyPaths={} {}\n",
-                manager.home().display(),
-                config.path().display()
-            ),
-        )
-        .unwrap();
+        let setup = lab::installed_setup(world, stage.path()).env("XDG_CONFIG_HOME", config.path());
+        let manager = lab::start(setup, world)?;
+        lab::show_to_services(&manager, &[manager.home(), config.path()]);
         // Written after the manager started: loaded by this reload (a real
         // home needs neither).
         let reload = manager.systemctl(&["daemon-reload"]);
@@ -178,26 +150,13 @@ impl Lab {
     /// In `qube`, `SERVICE+ARG` connects to a TCP port, as Qubes'
     /// qubes.ConnectTCP symlink to /dev/tcp does.
     fn tcp_service(&self, qube: &str, call: &str, to: SocketAddr) {
-        let dir = self.world.qube(qube).dir().join("usr/local/etc/qubes-rpc");
-        fs::create_dir_all(&dir).unwrap();
-        symlink(
-            format!("/dev/tcp/{}/{}", to.ip(), to.port()),
-            dir.join(call),
-        )
-        .unwrap();
+        lab::tcp_service(&self.world, qube, call, to);
     }
 
     /// In `qube`, the service links `make install-service` installed
     /// (qubes.ConnectUnix, qubes.ConnectTCPBind, ...: our service applets).
     fn installed_services(&self, qube: &str) {
-        let dir = self.world.qube(qube).dir().join("usr/local/etc/qubes-rpc");
-        fs::create_dir_all(&dir).unwrap();
-        let installed = self.stage.path().join("usr/local/etc/qubes-rpc");
-        for entry in fs::read_dir(installed).unwrap() {
-            let entry = entry.unwrap();
-            let target = fs::read_link(entry.path()).unwrap();
-            symlink(target, dir.join(entry.file_name())).unwrap();
-        }
+        lab::installed_services(&self.world, self.stage.path(), qube);
     }
 
     /// Every file under the unit directory, with its content.
@@ -221,133 +180,6 @@ impl Lab {
     /// How often the manager has reloaded its units so far.
     fn reloads(&self) -> usize {
         self.manager.journal(&[]).matches("Reloading").count()
-    }
-}
-
-/// A TCP server standing for a service in a qube: answers each connection,
-/// once its client has finished sending, with `NAME` and a line, then what
-/// it received.
-struct Backend {
-    addr: SocketAddr,
-    _thread: JoinHandle<()>,
-}
-
-impl Backend {
-    fn start(name: &str) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let name = name.to_owned();
-        // Ends with the test process; it holds nothing the test waits for.
-        let thread = thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let name = name.clone();
-                thread::spawn(move || {
-                    let mut received = Vec::new();
-                    if stream.read_to_end(&mut received).is_ok() {
-                        let _ = stream.write_all(format!("{name}\n").as_bytes());
-                        let _ = stream.write_all(&received);
-                    }
-                });
-            }
-        });
-        Backend {
-            addr,
-            _thread: thread,
-        }
-    }
-
-    /// Stands for an NFS server: answers each connection with the address
-    /// it came from.
-    fn peer_reporter() -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let thread = thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                let peer = stream.peer_addr().map(|p| p.ip().to_string());
-                let _ = stream.write_all(peer.unwrap_or_default().as_bytes());
-            }
-        });
-        Backend {
-            addr,
-            _thread: thread,
-        }
-    }
-}
-
-/// A Unix socket server at `path` standing for a service in a qube that
-/// qubes.ConnectUnix reaches: answers as [`Backend::start`] does.
-fn unix_backend(path: &Path, name: &str, owner: &common::user_manager::TestUser) {
-    let dir = path.parent().unwrap();
-    fs::create_dir_all(dir).unwrap();
-    chown(dir, Some(owner.uid), Some(owner.gid)).unwrap();
-    let listener = UnixListener::bind(path).unwrap();
-    chown(path, Some(owner.uid), Some(owner.gid)).unwrap();
-    let name = name.to_owned();
-    // Ends with the test process; it holds nothing the test waits for.
-    thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut received = Vec::new();
-            if stream.read_to_end(&mut received).is_ok() {
-                let _ = stream.write_all(format!("{name}\n").as_bytes());
-                let _ = stream.write_all(&received);
-            }
-        }
-    });
-}
-
-/// Asserts that a connection to `addr` reaches `qube`'s backend, and that
-/// qrexec-client-vm was called once for it, with the target `qube`.
-fn assert_routed(world: &World, addr: SocketAddr, qube: &str) {
-    let targets = || -> Vec<String> {
-        world
-            .calls()
-            .iter()
-            .filter_map(|r| r.target_raw())
-            .collect()
-    };
-    let before = targets();
-    assert_reaches(addr, qube);
-    let mut new = targets();
-    for old in before {
-        if let Some(i) = new.iter().position(|t| *t == old) {
-            new.swap_remove(i);
-        }
-    }
-    assert_eq!(new, [qube], "the calls made for {addr}");
-}
-
-/// Asserts that a connection to `addr` reached the backend named `qube`
-/// with all its bytes.
-fn assert_reaches(addr: SocketAddr, qube: &str) {
-    let data: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-    let mut stream = TcpStream::connect_timeout(&addr, WAIT)
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(&data).unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
-    let expected = [format!("{qube}\n").into_bytes(), data].concat();
-    assert!(
-        answer == expected,
-        "{addr} answered {} bytes starting {:?}, expected {qube}'s echo",
-        answer.len(),
-        String::from_utf8_lossy(&answer[..answer.len().min(40)])
-    );
-}
-
-/// Asserts that a connection to `addr` is closed (or reset) with no answer,
-/// as a refused call leaves it.
-fn assert_no_answer(addr: SocketAddr) {
-    let mut stream = TcpStream::connect_timeout(&addr, WAIT)
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    let _ = stream.write_all(b"refused");
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    let mut answer = Vec::new();
-    match stream.read_to_end(&mut answer) {
-        Ok(_) => assert!(answer.is_empty(), "{addr} answered {answer:?}"),
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{addr}: {e}"),
     }
 }
 
@@ -796,7 +628,7 @@ fn add_unix_and_tcp_bind() {
         "vault",
         m.user(),
     );
-    let nfs = Backend::peer_reporter();
+    let nfs = Backend::peer_reporter("127.0.0.1:0");
     let port = nfs.addr.port();
 
     let out = lab.qc_ok(&[
@@ -923,30 +755,15 @@ fn add_unix_and_tcp_bind() {
 /// a connection to `addr` is open, half sent: the connection must finish
 /// with all its bytes. Returns what the command printed.
 fn add_during_a_connection(lab: &Lab, addr: SocketAddr, args: &[&str]) -> String {
-    let data: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
-    let mut stream = TcpStream::connect_timeout(&addr, WAIT).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(&data[..data.len() / 2]).unwrap();
     let m = &lab.manager;
     let service = "qrexec-connect-tcp@22.service";
-    m.wait_until("the connection is open in the service", WAIT, || {
-        m.property(service, "StatusText").starts_with("1 active")
-    });
+    let connection = HalfSent::open(m, addr, service);
     let out = thread::scope(|scope| {
         let command = scope.spawn(|| lab.qc(args));
         m.wait_until("the service is draining", WAIT, || {
             m.property(service, "ActiveState") == "deactivating"
         });
-        stream.write_all(&data[data.len() / 2..]).unwrap();
-        stream.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).unwrap();
-        assert!(
-            answer == [b"work\n".as_slice(), &data].concat(),
-            "the open connection lost bytes: {} of {}",
-            answer.len(),
-            data.len() + 5
-        );
+        connection.finish("work");
         command.join().unwrap()
     });
     assert!(

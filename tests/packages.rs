@@ -20,11 +20,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{PermissionsExt, chown, symlink};
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-use common::user_manager::UserManager;
+use common::lab;
 use common::{DEADLINE as WAIT, TempDir, World};
 use sha2::{Digest, Sha256};
 
@@ -610,15 +610,9 @@ fn serve_one_connection() {
         services.join("qubes.ConnectTCP+1234"),
     )
     .unwrap();
-    let mut setup = UserManager::setup().env("QREXEC_STANDIN_SOURCE", "dev");
-    for (key, value) in world.env_for_other_user() {
-        setup = setup.env(&key, value);
-    }
-    let Some(m) = setup.start() else {
+    let Some(m) = lab::start(lab::world_setup(&world), &world) else {
         panic!("the packages were built, so the systemd user manager must run here")
     };
-    let user = m.user();
-    chown(world.root(), Some(user.uid), Some(user.gid)).unwrap();
     let pid = std::process::id();
     let ip = Ipv4Addr::new(127, 90, (pid % 250) as u8, 1 + (pid / 250 % 250) as u8);
     m.write_user_unit(

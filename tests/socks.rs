@@ -7,14 +7,14 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{chown, symlink};
+use std::os::unix::fs::symlink;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use common::user_manager::UserManager;
+use common::lab;
 use common::{
     Activate, Address, Conn, DEADLINE, Daemon, Listen, Program, TempDir, World, each_case,
     make_install, wait_until,
@@ -293,14 +293,15 @@ fn malformed_and_hostile_handshakes_get_their_replies() {
         conn.write_all(send).unwrap();
         assert_eq!(&read_all(&mut conn), expected);
     });
+    through.write_all(b"and after").unwrap();
+    through.shutdown_write().unwrap();
+    assert_eq!(read_all(&mut through), b"before and after");
+    // Asked once the first call has answered: its record is written by then.
     assert_eq!(
         world.calls().len(),
         1,
         "only the call of the first connection"
     );
-    through.write_all(b"and after").unwrap();
-    through.shutdown_write().unwrap();
-    assert_eq!(read_all(&mut through), b"before and after");
     let text = daemon.wait_stderr("'example.com' is not a name QUBE.qube");
     assert!(text.contains("BIND (0x02) asked"), "{text}");
     assert!(text.contains("'a\\nb.qube'"), "escaped: {text}");
@@ -366,15 +367,9 @@ fn idle_exit_and_restart_under_systemd() {
     world.policy("qubes.ConnectTCP +7 dev work allow\n");
     let echo = echo_server();
     tcp_service(&world, 7, echo);
-    let mut setup = UserManager::setup()
-        .bind(stage.path().join("usr/local"), "/usr/local")
-        .env("QREXEC_STANDIN_SOURCE", "dev");
-    for (key, value) in world.env_for_other_user() {
-        setup = setup.env(&key, value);
-    }
-    let Some(m) = setup.start() else { return };
-    let user = m.user();
-    chown(world.root(), Some(user.uid), Some(user.gid)).unwrap();
+    let Some(m) = lab::start(lab::installed_setup(&world, stage.path()), &world) else {
+        return;
+    };
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -8,36 +8,23 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::{PermissionsExt, chown, symlink};
-use std::path::{Path, PathBuf};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::{fs, thread};
 
+use common::lab::{self, Backend, CLIENT, HalfSent, assert_reaches, exchange, socket_addr};
 use common::user_manager::{Setup, UserManager};
 use common::{DEADLINE as WAIT, TempDir, World, make_install};
 use qrexec_connect::stdin_socket;
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
-/// The client qube's name, as in policy-examples/.
-const CLIENT: &str = "dev";
 
-/// A loopback address no other test of this process uses (and, by the pid
-/// in it, most likely no other process either).
+/// A loopback address no other test of this process uses.
 fn loopback() -> Ipv4Addr {
-    static COUNT: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNT.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
-    Ipv4Addr::new(
-        127,
-        100 + (pid % 100) as u8,
-        (pid / 100 % 250) as u8,
-        1 + n as u8,
-    )
+    lab::loopback_from(1)
 }
 
 /// A user manager with qrexec-connect installed (`make install` into a
@@ -63,29 +50,9 @@ impl Lab {
         make_install(stage.path());
         let world = World::new();
         world.policy("");
-        let mut setup = UserManager::setup()
-            .bind(stage.path().join("usr/local"), "/usr/local")
-            .env("QREXEC_STANDIN_SOURCE", CLIENT);
-        for (key, value) in world.env_for_other_user() {
-            setup = setup.env(&key, value);
-        }
-        let manager = more(stage.path(), setup).start()?;
-        // The stand-in, run by the user's services, records its calls in
-        // the world.
-        let user = manager.user();
-        chown(world.root(), Some(user.uid), Some(user.gid)).unwrap();
-        // The test home is under /tmp, which the services' PrivateTmp= hides;
-        // a real one (/home/user) they see read-only (ProtectHome=), and the
-        // client applets read their socket unit's drop-ins there.
-        let home = manager.outside("/run/systemd/user/qrexec-.service.d/50-test-home.conf");
-        fs::write(
-            home,
-            format!(
-                "[Service]\nBindReadOnlyPaths={}\n",
-                manager.home().display()
-            ),
-        )
-        .unwrap();
+        let setup = lab::installed_setup(&world, stage.path());
+        let manager = lab::start(more(stage.path(), setup), &world)?;
+        lab::show_to_services(&manager, &[manager.home()]);
         Some(Lab {
             manager,
             world,
@@ -110,28 +77,15 @@ impl Lab {
         self.policy(&text);
     }
 
-    /// A qube's service directory (/usr/local/etc/qubes-rpc in it).
-    fn services(&self, qube: &str) -> PathBuf {
-        let dir = self.world.qube(qube).dir().join("usr/local/etc/qubes-rpc");
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     /// In `qube`, `SERVICE+ARG` connects to a TCP port, as Qubes'
     /// qubes.ConnectTCP symlink to /dev/tcp does.
     fn tcp_service(&self, qube: &str, call: &str, to: SocketAddr) {
-        let link = self.services(qube).join(call);
-        symlink(format!("/dev/tcp/{}/{}", to.ip(), to.port()), link).unwrap();
+        lab::tcp_service(&self.world, qube, call, to);
     }
 
     /// In `qube`, the service links `make install-service` installed.
     fn installed_services(&self, qube: &str) {
-        let installed = self.stage.path().join("usr/local/etc/qubes-rpc");
-        for entry in fs::read_dir(installed).unwrap() {
-            let entry = entry.unwrap();
-            let target = fs::read_link(entry.path()).unwrap();
-            symlink(target, self.services(qube).join(entry.file_name())).unwrap();
-        }
+        lab::installed_services(&self.world, self.stage.path(), qube);
     }
 
     /// A drop-in `NAME.conf` for the socket unit `unit` that listens on
@@ -162,6 +116,15 @@ impl Lab {
         (gitweb, ip)
     }
 
+    /// [`Lab::gitweb_on_1234`], loaded and its socket unit started.
+    fn gitweb_started(&self) -> (Backend, Ipv4Addr) {
+        let (gitweb, ip) = self.gitweb_on_1234();
+        self.reload();
+        self.manager
+            .systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+        (gitweb, ip)
+    }
+
     /// Two qubes behind port 1234, `gitweb` and `work`, with the shipped
     /// policy, and two loopback addresses of their own, `gitweb` listening
     /// on the first through `qrexec-connect-tcp@1234.socket.d/gitweb.conf`.
@@ -176,22 +139,7 @@ impl Lab {
     /// Asserts that a connection to `addr` reaches `qube`'s backend, and
     /// that qrexec-client-vm was called once for it, with the target `qube`.
     fn assert_routed(&self, addr: SocketAddr, qube: &str) {
-        let targets = || -> Vec<String> {
-            self.world
-                .calls()
-                .iter()
-                .filter_map(|r| r.target_raw())
-                .collect()
-        };
-        let before = targets();
-        assert_reaches(addr, qube);
-        let mut new = targets();
-        for old in before {
-            if let Some(i) = new.iter().position(|t| *t == old) {
-                new.swap_remove(i);
-            }
-        }
-        assert_eq!(new, [qube], "the calls made for {addr}");
+        lab::assert_routed(&self.world, addr, qube);
     }
 
     fn reload(&self) {
@@ -203,107 +151,6 @@ impl Lab {
         self.manager
             .journal(&[&format!("_SYSTEMD_USER_UNIT={unit}")])
     }
-}
-
-/// A TCP server standing for a service in a qube: each connection is
-/// handed to its handler in a thread of its own, until the server is dropped.
-struct Backend {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Backend {
-    /// Answers each connection, once its client has finished sending, with
-    /// `NAME` and a line, then what it received.
-    fn start(name: &str) -> Backend {
-        let name = name.to_owned();
-        Backend::serve("127.0.0.1:0", move |mut stream| {
-            let mut received = Vec::new();
-            if stream.read_to_end(&mut received).is_ok() {
-                let _ = stream.write_all(format!("{name}\n").as_bytes());
-                let _ = stream.write_all(&received);
-            }
-        })
-    }
-
-    /// Stands for an NFS server: answers each connection with the address
-    /// it came from.
-    fn peer_reporter(addr: &str) -> Backend {
-        Backend::serve(addr, |mut stream| {
-            let peer = stream
-                .peer_addr()
-                .map(|p| p.ip().to_string())
-                .unwrap_or_default();
-            let _ = stream.write_all(peer.as_bytes());
-        })
-    }
-
-    fn serve(addr: &str, handle: impl Fn(TcpStream) + Clone + Send + 'static) -> Backend {
-        let listener =
-            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr} for a backend: {e}"));
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopping = stop.clone();
-        let thread = thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stopping.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let handle = handle.clone();
-                thread::spawn(move || handle(stream));
-            }
-        });
-        Backend {
-            addr,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Sends `data`, half-closes, and returns the whole answer.
-fn exchange(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
-    let mut stream = TcpStream::connect_timeout(&addr, WAIT)
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(data).unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = Vec::new();
-    stream
-        .read_to_end(&mut answer)
-        .unwrap_or_else(|e| panic!("read from {addr}: {e}"));
-    answer
-}
-
-/// Asserts that a connection to `addr` reached the backend named `qube`
-/// with all its bytes.
-fn assert_reaches(addr: SocketAddr, qube: &str) {
-    let data: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-    let answer = exchange(addr, &data);
-    let expected = [format!("{qube}\n").into_bytes(), data].concat();
-    assert!(
-        answer == expected,
-        "{addr} answered {} bytes starting {:?}, expected {qube}'s echo of {} bytes",
-        answer.len(),
-        String::from_utf8_lossy(&answer[..answer.len().min(40)]),
-        expected.len()
-    );
-}
-
-fn socket_addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::from((ip, port))
 }
 
 /// Seed 000: `qrexec-connect-tcp@1234.socket.d/gitweb.conf` forwards the port
@@ -361,17 +208,8 @@ fn bad_file_descriptor_name_fails_with_the_reason() {
     let service = "qrexec-connect-tcp@1234.service";
     // The connection starts the service, which refuses to run: nothing comes
     // back.
-    let answer = TcpStream::connect(socket_addr(ip, 1234)).and_then(|mut s| {
-        s.set_read_timeout(Some(WAIT))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map(|_| buf)
-    });
-    assert!(answer.as_ref().map_or(true, Vec::is_empty), "{answer:?}");
-    m.wait_until("the service has failed", WAIT, || {
-        m.is_active(service) == "failed"
-    });
+    lab::assert_fails_to_start(m, socket_addr(ip, 1234), service);
     assert_eq!(m.property(service, "Result"), "exit-code");
-    assert_eq!(m.property(service, "ExecMainStatus"), "2");
     let reason = format!(
         "socket {ip}:1234 has a bad FileDescriptorName \"my#qube\": character '#' is not allowed"
     );
@@ -673,16 +511,7 @@ fn an_unnamed_drop_in_beside_a_named_one_is_refused() {
     m.systemctl_ok(&["start", unit]);
     // Both sockets carry the unit's one name, gitweb.
     assert_eq!(m.property(unit, "FileDescriptorName"), "gitweb");
-    let answer = TcpStream::connect(socket_addr(second, 1234)).and_then(|mut s| {
-        s.set_read_timeout(Some(WAIT))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map(|_| buf)
-    });
-    assert!(answer.as_ref().map_or(true, Vec::is_empty), "{answer:?}");
-    m.wait_until("the service has failed", WAIT, || {
-        m.is_active(service) == "failed"
-    });
-    assert_eq!(m.property(service, "ExecMainStatus"), "2");
+    lab::assert_fails_to_start(m, socket_addr(second, 1234), service);
     let status = String::from_utf8_lossy(&m.systemctl(&["status", service]).stdout).into_owned();
     assert!(status.contains("(code=exited, status=2)"), "{status}");
     let reason = "qrexec-connect-tcp@1234.socket: extra.conf declares sockets without a \
@@ -720,16 +549,7 @@ fn drop_ins_hidden_from_the_service_are_refused() {
     lab.reload();
     let service = "qrexec-connect-tcp@1234.service";
     m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
-    let answer = TcpStream::connect(socket_addr(first, 1234)).and_then(|mut s| {
-        s.set_read_timeout(Some(WAIT))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map(|_| buf)
-    });
-    assert!(answer.as_ref().map_or(true, Vec::is_empty), "{answer:?}");
-    m.wait_until("the service has failed", WAIT, || {
-        m.is_active(service) == "failed"
-    });
-    assert_eq!(m.property(service, "ExecMainStatus"), "2");
+    lab::assert_fails_to_start(m, socket_addr(first, 1234), service);
     let reason = format!(
         "qrexec-connect-tcp@1234.socket: sockets arrived under one name and their drop-ins \
          cannot be read: the home {} is hidden from the service (ProtectHome=?)",
@@ -900,9 +720,7 @@ fn seed_001_one_service_beside_a_template() {
 fn exit_idle_time_scales_to_zero_and_back() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let (_gitweb, ip) = lab.gitweb_on_1234();
-    lab.reload();
-    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let (_gitweb, ip) = lab.gitweb_started();
     let service = "qrexec-connect-tcp@1234.service";
     let addr = socket_addr(ip, 1234);
     // The README's order: the drop-in comes while the service runs, which
@@ -968,34 +786,16 @@ fn exit_idle_time_scales_to_zero_and_back() {
 fn stop_during_traffic_drains() {
     let Some(lab) = Lab::start() else { return };
     let m = &lab.manager;
-    let (_gitweb, ip) = lab.gitweb_on_1234();
-    lab.reload();
-    m.systemctl_ok(&["start", "qrexec-connect-tcp@1234.socket"]);
+    let (_gitweb, ip) = lab.gitweb_started();
     let service = "qrexec-connect-tcp@1234.service";
 
-    let data: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
-    let mut stream = TcpStream::connect(socket_addr(ip, 1234)).unwrap();
-    stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(&data[..data.len() / 2]).unwrap();
-    m.wait_until("the connection is open in the service", WAIT, || {
-        m.property(service, "StatusText").starts_with("1 active")
-    });
-
+    let connection = HalfSent::open(m, socket_addr(ip, 1234), service);
     m.systemctl_ok(&["stop", "--no-block", service]);
     m.wait_until("the service is draining", WAIT, || {
         m.property(service, "ActiveState") == "deactivating"
     });
     // The rest of the traffic, after the stop.
-    stream.write_all(&data[data.len() / 2..]).unwrap();
-    stream.shutdown(std::net::Shutdown::Write).unwrap();
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).unwrap();
-    assert!(
-        answer == [b"gitweb\n".as_slice(), &data].concat(),
-        "the connection lost bytes: {} of {}",
-        answer.len(),
-        data.len() + 7
-    );
+    connection.finish("gitweb");
 
     m.wait_until("the service has stopped", WAIT, || {
         m.is_active(service) == "inactive"
@@ -1044,21 +844,7 @@ fn seed_000_split_ssh() {
     );
     fs::set_permissions(&gnupg, fs::Permissions::from_mode(0o700)).unwrap();
     let key = m.home().join("id_ed25519");
-    let out = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "split-ssh-test-key",
-            "-f",
-        ])
-        .arg(&key)
-        .output()
-        .expect("run ssh-keygen");
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    common::ssh_keygen(&key, "split-ssh-test-key");
     for file in [key.clone(), key.with_extension("pub")] {
         chown(&file, Some(user.uid), Some(user.gid)).unwrap();
     }
@@ -1139,32 +925,17 @@ fn nfs_with_a_bind_address_per_client() {
     );
     lab.policy(&policy.replace("+2049-", &format!("+{port}-")));
     let (a, c) = (loopback(), loopback());
-    lab.listen(
-        &format!("qrexec-connect-tcp-bind@{port}-127.0.1.1"),
-        "nfs-server",
-        a,
-        2049,
-    );
-    lab.reload();
-    m.systemctl_ok(&[
-        "enable",
-        "--now",
-        &format!("qrexec-connect-tcp-bind@{port}-127.0.1.1.socket"),
-    ]);
+    // The README's two commands, for the bind address `from`.
+    let enable = |from: &str, ip: Ipv4Addr| {
+        let unit = format!("qrexec-connect-tcp-bind@{port}-{from}");
+        lab.listen(&unit, "nfs-server", ip, 2049);
+        lab.reload();
+        m.systemctl_ok(&["enable", "--now", &format!("{unit}.socket")]);
+    };
+    enable("127.0.1.1", a);
     assert_eq!(exchange(socket_addr(a, 2049), b""), b"127.0.1.1");
-    // Another instance, while the first serves: the README's two commands.
-    lab.listen(
-        &format!("qrexec-connect-tcp-bind@{port}-127.0.1.2"),
-        "nfs-server",
-        c,
-        2049,
-    );
-    lab.reload();
-    m.systemctl_ok(&[
-        "enable",
-        "--now",
-        &format!("qrexec-connect-tcp-bind@{port}-127.0.1.2.socket"),
-    ]);
+    // Another instance, while the first serves.
+    enable("127.0.1.2", c);
     assert_eq!(exchange(socket_addr(a, 2049), b""), b"127.0.1.1");
     assert_eq!(exchange(socket_addr(c, 2049), b""), b"");
     let refused = format!("qrexec-connect-tcp-bind@{port}-127.0.1.2.service");
@@ -1291,16 +1062,7 @@ fn unknown_default_name_refuses_to_start() {
     );
     lab.reload();
     m.systemctl_ok(&["start", "work-1234.socket"]);
-    let answer = TcpStream::connect(socket_addr(ip, 1234)).and_then(|mut s| {
-        s.set_read_timeout(Some(WAIT))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).map(|_| buf)
-    });
-    assert!(answer.as_ref().map_or(true, Vec::is_empty), "{answer:?}");
-    m.wait_until("the service has failed", WAIT, || {
-        m.is_active(one) == "failed"
-    });
-    assert_eq!(m.property(one, "ExecMainStatus"), "2");
+    lab::assert_fails_to_start(m, socket_addr(ip, 1234), one);
     let reason = format!(
         "socket {ip}:1234 is named \"work-1234.socket\", which is systemd's default name \
          if the socket unit of that name passed it, else a qube's; asking which socket units \

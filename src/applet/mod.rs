@@ -159,6 +159,19 @@ pub fn list() -> String {
         .collect()
 }
 
+/// An applet's command line, or `None` once `--help` is printed; argh's
+/// message is the usage error.
+pub fn parse<T: argh::FromArgs>(name: &str, args: &[&str]) -> Result<Option<T>> {
+    match parse_args(name, args) {
+        Ok(args) => Ok(Some(args)),
+        Err((help, 0)) => {
+            print!("{help}");
+            Ok(None)
+        }
+        Err((message, _)) => Err(crate::error::Error::Usage(message.trim_end().to_owned())),
+    }
+}
+
 /// Parses an applet's command line with argh; `--help` ends with status 0.
 pub fn parse_args<T: argh::FromArgs>(
     name: &str,

@@ -14,17 +14,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use argh::FromArgs;
-use log::{info, warn};
 
-use super::Applet;
+use super::{Applet, client};
 use crate::activation;
 use crate::call::{Call, Target};
 use crate::daemon::{self, Listener, Options, SocksOptions};
 use crate::error::{Error, Result};
-use crate::notify::Notifier;
 use crate::qrexec::{self, StdinSocket};
 use crate::stdin_socket;
 
+// The options from --max-connections on are the client applets' too
+// (client/config.rs), word for word: argh has no way to share fields
+// between two structs (no `flatten`); what is done with them is shared.
 #[derive(FromArgs, Debug)]
 /// A SOCKS5 proxy to qubes: each CONNECT to QUBE.qube:PORT becomes
 /// `qrexec-client-vm QUBE qubes.ConnectTCP+PORT`, allowed or refused by
@@ -81,20 +82,9 @@ const VALUE_OPTIONS: &[&str] = &[
 ];
 
 pub fn run(applet: &'static Applet, raw: &[&str]) -> Result<u8> {
-    let raw: Vec<&str> = raw
-        .iter()
-        .flat_map(|&arg| match arg.split_once('=') {
-            Some((name, value)) if VALUE_OPTIONS.contains(&name) => vec![name, value],
-            _ => vec![arg],
-        })
-        .collect();
-    let args: Args = match super::parse_args(applet.name, &raw) {
-        Ok(args) => args,
-        Err((help, 0)) => {
-            print!("{help}");
-            return Ok(0);
-        }
-        Err((message, _)) => return Err(Error::Usage(message.trim_end().to_owned())),
+    let raw = client::split_values(raw, VALUE_OPTIONS);
+    let Some(args) = super::parse::<Args>(applet.name, &raw)? else {
+        return Ok(0);
     };
     crate::logging::init(applet.name, args.verbose);
     for (value, name) in [
@@ -105,20 +95,17 @@ pub fn run(applet: &'static Applet, raw: &[&str]) -> Result<u8> {
             return Err(Error::Usage(format!("{name} must be at least 1")));
         }
     }
-    let path = args
-        .qrexec_client_vm
-        .clone()
-        .or_else(|| std::env::var_os("QREXEC_CLIENT_VM").map(PathBuf::from))
-        .unwrap_or_else(|| qrexec::DEFAULT_PATH.into());
+    let path = qrexec::client_vm_path(
+        args.qrexec_client_vm.clone(),
+        std::env::var_os("QREXEC_CLIENT_VM"),
+    );
     let Some(passed) = activation::take()? else {
-        return Err(Error::NotConfigured(format!(
-            "{} serves sockets passed by systemd (LISTEN_FDS) and none were passed; \
-             run it from a socket unit, or try: systemd-socket-activate --listen=127.0.0.1:1080 {}",
-            applet.name, applet.name
-        )));
+        return Err(client::not_configured(
+            applet.name,
+            &format!("--listen=127.0.0.1:1080 {}", applet.name),
+        ));
     };
-    let notifier = Notifier::from_env()
-        .map_err(|e| Error::Usage(format!("NOTIFY_SOCKET is not a usable socket address: {e}")))?;
+    let notifier = client::notifier()?;
     let listeners = passed
         .into_iter()
         .map(|p| {
@@ -138,8 +125,9 @@ pub fn run(applet: &'static Applet, raw: &[&str]) -> Result<u8> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let cache = stdin_socket::cache_dir(std::env::var_os("RUNTIME_DIRECTORY").as_deref());
     let client = qrexec::Client {
-        stdin_socket: use_stdin_socket(args.stdin_socket, &path),
+        stdin_socket: client::use_stdin_socket(args.stdin_socket, &path, cache.as_deref()),
         path,
         options: Vec::new(),
     };
@@ -154,34 +142,4 @@ pub fn run(applet: &'static Applet, raw: &[&str]) -> Result<u8> {
     };
     daemon::run_socks(listeners, client, options, socks, notifier)?;
     Ok(0)
-}
-
-/// Whether to pass `--use-stdin-socket`, as the client applets decide it.
-fn use_stdin_socket(choice: StdinSocket, path: &std::path::Path) -> bool {
-    match choice {
-        StdinSocket::Yes => true,
-        StdinSocket::No => false,
-        StdinSocket::Auto => {
-            let cache = stdin_socket::cache_dir(std::env::var_os("RUNTIME_DIRECTORY").as_deref());
-            match stdin_socket::detect(path, cache.as_deref()) {
-                Ok(supported) => {
-                    if !supported {
-                        info!(
-                            "{} does not support {}: clients see EOF only when it exits (qrexec older than 4.2.19)",
-                            path.display(),
-                            qrexec::STDIN_SOCKET_FLAG
-                        );
-                    }
-                    supported
-                }
-                Err(e) => {
-                    warn!(
-                        "cannot run {} -h ({e}); connections fail until it is installed",
-                        path.display()
-                    );
-                    false
-                }
-            }
-        }
-    }
 }

@@ -17,7 +17,6 @@
 //! closes its output, which is the EOF ssh reads.
 
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::Command;
 
 use argh::FromArgs;
@@ -77,9 +76,7 @@ pub fn run(applet: &'static super::Applet, raw: &[&str]) -> Result<u8> {
         }
     };
     let (target, call) = route(&args.host, &args.port)?;
-    let path: PathBuf = std::env::var_os("QREXEC_CLIENT_VM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| qrexec::DEFAULT_PATH.into());
+    let path = qrexec::client_vm_path(None, std::env::var_os("QREXEC_CLIENT_VM"));
     // stdin, stdout and stderr are ssh's, inherited as they are.
     let error = Command::new(&path)
         .args(["--", target.as_str(), call.as_str()])

@@ -63,7 +63,8 @@ pub fn rows(rows: &[Row]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::show::{Counters, State};
+    use super::super::list::example_row;
+    use super::super::show::Counters;
     use super::*;
 
     #[test]
@@ -74,21 +75,12 @@ mod tests {
 
     #[test]
     fn writes_rows() {
-        let row = Row {
-            listen: "127.0.0.1:2222".into(),
-            qube: "work".into(),
-            call: Some("qubes.ConnectTCP+22".into()),
-            socket: "qrexec-connect-tcp@22.socket".into(),
-            service: "qrexec-connect-tcp@22.service".into(),
-            state: State::Serving,
-            counters: Some(Counters {
-                active: 1,
-                served: 2,
-                refused: 3,
-                failed: 4,
-            }),
-            file: None,
-        };
+        let row = example_row(Counters {
+            active: 1,
+            served: 2,
+            refused: 3,
+            failed: 4,
+        });
         let unnamed = Row {
             call: None,
             counters: None,

@@ -136,28 +136,35 @@ pub fn table(rows: &[Row]) -> String {
         .collect()
 }
 
+/// A row that serves `127.0.0.1:2222` to `work`, for the writers' tests
+/// (here and json.rs).
+#[cfg(test)]
+pub(super) fn example_row(counters: show::Counters) -> Row {
+    Row {
+        listen: "127.0.0.1:2222".into(),
+        qube: "work".into(),
+        call: Some("qubes.ConnectTCP+22".into()),
+        socket: "qrexec-connect-tcp@22.socket".into(),
+        service: "qrexec-connect-tcp@22.service".into(),
+        state: show::State::Serving,
+        counters: Some(counters),
+        file: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::show::{Counters, State};
+    use super::super::show::Counters;
     use super::*;
 
     #[test]
     fn table_aligns_columns() {
-        let row = Row {
-            listen: "127.0.0.1:2222".into(),
-            qube: "work".into(),
-            call: Some("qubes.ConnectTCP+22".into()),
-            socket: "qrexec-connect-tcp@22.socket".into(),
-            service: "qrexec-connect-tcp@22.service".into(),
-            state: State::Serving,
-            counters: Some(Counters {
-                active: 0,
-                served: 12,
-                refused: 1,
-                failed: 0,
-            }),
-            file: None,
-        };
+        let row = example_row(Counters {
+            active: 0,
+            served: 12,
+            refused: 1,
+            failed: 0,
+        });
         let text = table(&[row]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(

@@ -12,6 +12,7 @@
 //! takes its fixtures from this one module.
 #![allow(dead_code)] // each test file uses its own part
 
+pub mod lab;
 pub mod user_manager;
 
 use std::collections::BTreeMap;
@@ -63,6 +64,17 @@ pub fn make(destdir: &Path, args: &[&str]) -> std::process::Output {
 /// all, as a user installs them), for tests that run the installed files.
 pub fn make_install(destdir: &Path) {
     make(destdir, &["install"]);
+}
+
+/// A new ed25519 key pair without a passphrase at `path` (and `path.pub`),
+/// by `ssh-keygen`.
+pub fn ssh_keygen(path: &Path, comment: &str) {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .output()
+        .expect("run ssh-keygen");
+    assert!(out.status.success(), "ssh-keygen: {out:?}");
 }
 
 /// The qrexec-client-vm stand-in, built once per test binary. It is a

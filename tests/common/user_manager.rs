@@ -598,7 +598,8 @@ pub fn test_user() -> Result<&'static TestUser, String> {
     .map_err(Clone::clone)
 }
 
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
+/// The uid and gid of the user `name`, if there is one.
+pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
     let out = Command::new("getent")
         .args(["passwd", name])
         .output()

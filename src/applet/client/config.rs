@@ -96,10 +96,8 @@ impl Config {
         if args.max_connections == 0 {
             return Err(Error::Usage("--max-connections must be at least 1".into()));
         }
-        let qrexec_client_vm = args
-            .qrexec_client_vm
-            .or_else(|| env("QREXEC_CLIENT_VM").map(PathBuf::from))
-            .unwrap_or_else(|| qrexec::DEFAULT_PATH.into());
+        let qrexec_client_vm =
+            qrexec::client_vm_path(args.qrexec_client_vm, env("QREXEC_CLIENT_VM"));
         Ok(Config {
             call,
             options,

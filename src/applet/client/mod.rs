@@ -13,8 +13,11 @@ mod routes;
 
 use log::{info, warn};
 
+use std::path::Path;
+
 use self::config::{Args, Config};
-use self::options::split_values;
+use self::options::VALUE_OPTIONS;
+pub(super) use self::options::split_values;
 use self::routes::{Sockets, sockets};
 use super::{Applet, Kind};
 use crate::activation;
@@ -27,45 +30,36 @@ use crate::stdin_socket;
 /// Runs a client applet: its configuration, the logger, the passed
 /// sockets and their routes, the qrexec-client-vm to run, then serving.
 pub fn run(applet: &'static Applet, raw: &[&str]) -> Result<u8> {
-    let Some(args) = parse(applet.name, raw)? else {
+    let Some(args) = super::parse::<Args>(applet.name, &split_values(raw, VALUE_OPTIONS))? else {
         return Ok(0);
     };
     crate::logging::init(applet.name, args.verbose);
     let config = Config::new(applet, args, |name| std::env::var_os(name))?;
     let Some(passed) = activation::take()? else {
-        return Err(Error::NotConfigured(not_configured(applet)));
+        return Err(not_configured(applet.name, example(applet)));
     };
-    let notifier = Notifier::from_env()
-        .map_err(|e| Error::Usage(format!("NOTIFY_SOCKET is not a usable socket address: {e}")))?;
+    let notifier = notifier()?;
     let sockets = sockets(passed, config.call.as_ref())?;
     let client = qrexec::Client {
-        stdin_socket: use_stdin_socket(&config),
+        stdin_socket: use_stdin_socket(
+            config.stdin_socket,
+            &config.qrexec_client_vm,
+            config.cache_dir.as_deref(),
+        ),
         path: config.qrexec_client_vm.clone(),
         options: config.options.clone(),
     };
     serve(sockets, client, &config, notifier)
 }
 
-/// The command line, or `None` once `--help` is printed.
-fn parse(name: &str, raw: &[&str]) -> Result<Option<Args>> {
-    match super::parse_args(name, &split_values(raw)) {
-        Ok(args) => Ok(Some(args)),
-        Err((help, 0)) => {
-            print!("{help}");
-            Ok(None)
-        }
-        Err((message, _)) => Err(Error::Usage(message.trim_end().to_owned())),
-    }
-}
-
-/// Whether to pass `--use-stdin-socket`: as configured, or as
-/// qrexec-client-vm's `-h` says (cached across starts).
-fn use_stdin_socket(config: &Config) -> bool {
-    let path = &config.qrexec_client_vm;
-    match config.stdin_socket {
+/// Whether to pass `--use-stdin-socket` to `path`: as configured, or as
+/// its `-h` says (cached across starts in `cache_dir`). The SOCKS applet
+/// decides it so too.
+pub(super) fn use_stdin_socket(choice: StdinSocket, path: &Path, cache_dir: Option<&Path>) -> bool {
+    match choice {
         StdinSocket::Yes => true,
         StdinSocket::No => false,
-        StdinSocket::Auto => match stdin_socket::detect(path, config.cache_dir.as_deref()) {
+        StdinSocket::Auto => match stdin_socket::detect(path, cache_dir) {
             Ok(true) => true,
             Ok(false) => {
                 info!(
@@ -109,17 +103,29 @@ fn serve(
     }
 }
 
-/// What to say when started by hand, without sockets.
-fn not_configured(applet: &Applet) -> String {
-    let example = match applet.kind {
-        Kind::Tcp => "--fdname=work qrexec-connect-tcp 8000",
-        Kind::TcpBind => "--fdname=work qrexec-connect-tcp-bind 2049-127.0.1.1",
-        Kind::Unix => "--fdname=vault qrexec-connect-unix gpg-agent-ssh",
-        _ => "--fdname='work qubes.ConnectTCP+8000' qrexec-connect",
-    };
-    format!(
-        "{} serves sockets passed by systemd (LISTEN_FDS) and none were passed; \
-         run it from a socket unit, or try: systemd-socket-activate --listen=127.0.0.1:8000 {example}",
-        applet.name
-    )
+/// The sd_notify(3) socket systemd passed, if any (the SOCKS applet's too).
+pub(super) fn notifier() -> Result<Notifier> {
+    Notifier::from_env()
+        .map_err(|e| Error::Usage(format!("NOTIFY_SOCKET is not a usable socket address: {e}")))
+}
+
+/// What to say when `name` is started by hand, without sockets: try
+/// `systemd-socket-activate EXAMPLE` (the SOCKS applet's too).
+pub(super) fn not_configured(name: &str, example: &str) -> Error {
+    Error::NotConfigured(format!(
+        "{name} serves sockets passed by systemd (LISTEN_FDS) and none were passed; \
+         run it from a socket unit, or try: systemd-socket-activate {example}"
+    ))
+}
+
+/// [`not_configured`]'s example for a client applet.
+fn example(applet: &Applet) -> &'static str {
+    match applet.kind {
+        Kind::Tcp => "--listen=127.0.0.1:8000 --fdname=work qrexec-connect-tcp 8000",
+        Kind::TcpBind => {
+            "--listen=127.0.0.1:8000 --fdname=work qrexec-connect-tcp-bind 2049-127.0.1.1"
+        }
+        Kind::Unix => "--listen=127.0.0.1:8000 --fdname=vault qrexec-connect-unix gpg-agent-ssh",
+        _ => "--listen=127.0.0.1:8000 --fdname='work qubes.ConnectTCP+8000' qrexec-connect",
+    }
 }

@@ -6,9 +6,8 @@ use std::ffi::OsString;
 
 use crate::error::{Error, Result};
 
-/// Our options that take a value. argh knows only `--name value`; the
-/// documentation (and systemd units) write `--name=value` too.
-const VALUE_OPTIONS: &[&str] = &[
+/// Our options that take a value.
+pub(super) const VALUE_OPTIONS: &[&str] = &[
     "--service",
     "--argument",
     "--max-connections",
@@ -18,9 +17,11 @@ const VALUE_OPTIONS: &[&str] = &[
     "--qrexec-client-vm",
 ];
 
-/// Splits `--name=value` of our value options, up to `--` (what follows is
-/// qrexec-client-vm's, such as `--buffer-size=N`, and stays whole).
-pub(super) fn split_values<'a>(raw: &[&'a str]) -> Vec<&'a str> {
+/// Splits `--name=value` of the options in `value_options` (those that take
+/// a value), up to `--` (what follows is qrexec-client-vm's, such as
+/// `--buffer-size=N`, and stays whole). argh knows only `--name value`; the
+/// documentation (and systemd units) write `--name=value` too.
+pub(in crate::applet) fn split_values<'a>(raw: &[&'a str], value_options: &[&str]) -> Vec<&'a str> {
     let mut args = Vec::with_capacity(raw.len() + 2);
     let mut ours = true;
     for &arg in raw {
@@ -28,7 +29,7 @@ pub(super) fn split_values<'a>(raw: &[&'a str]) -> Vec<&'a str> {
             if arg == "--" {
                 ours = false;
             } else if let Some((name, value)) = arg.split_once('=')
-                && VALUE_OPTIONS.contains(&name)
+                && value_options.contains(&name)
             {
                 args.extend([name, value]);
                 continue;
@@ -63,13 +64,16 @@ mod tests {
     #[test]
     fn value_options_with_equals() {
         assert_eq!(
-            split_values(&[
-                "--stdin-socket=no",
-                "22",
-                "--max-connections=5",
-                "--",
-                "--buffer-size=1"
-            ]),
+            split_values(
+                &[
+                    "--stdin-socket=no",
+                    "22",
+                    "--max-connections=5",
+                    "--",
+                    "--buffer-size=1"
+                ],
+                VALUE_OPTIONS
+            ),
             [
                 "--stdin-socket",
                 "no",
@@ -81,12 +85,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            split_values(&["--verbose=1"]),
+            split_values(&["--verbose=1"], VALUE_OPTIONS),
             ["--verbose=1"],
             "not a value option"
         );
         assert_eq!(
-            split_values(&["--service=a=b"]),
+            split_values(&["--service=a=b"], VALUE_OPTIONS),
             ["--service", "a=b"],
             "split at the first ="
         );
