@@ -102,8 +102,11 @@ fn watch_signals() {
     if child > 0 {
         sys::kill(child, libc::SIGTERM);
     }
-    finish(&format!("signal {signal}"));
-    sys::die_by(signal);
+    if finish(&format!("signal {signal}")) {
+        sys::die_by(signal);
+    }
+    // The run had ended on its own (ssh's SIGHUP at its exit races the end
+    // of the call): the main thread is writing that status, and exits by it.
 }
 
 /// The whole program; returns the exit status.
