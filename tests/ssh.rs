@@ -129,7 +129,26 @@ impl Sshd {
         // sshd refuses to start without its privilege separation directory,
         // which the package's own service creates.
         fs::create_dir_all("/run/sshd").unwrap();
-        // A free port, released for sshd: sshd cannot be given port 0.
+        // sshd cannot be given port 0: a free port is found and released
+        // for it, which another program may take first (tests of other
+        // binaries run at the same time); then sshd gets another one.
+        let (port, child, log) = (0..10)
+            .find_map(|_| Sshd::spawn(dir, &host_key, &authorized))
+            .expect("a free port for sshd, ten times taken before sshd bound it");
+        // Whatever sshd says, a connection is what counts.
+        TcpStream::connect(("127.0.0.1", port)).expect("connect to sshd");
+        let host_key = fs::read_to_string(host_key.with_extension("pub")).unwrap();
+        Sshd {
+            port,
+            child,
+            log,
+            host_key,
+        }
+    }
+
+    /// sshd on a free port of 127.0.0.1, once it listens; `None` if the
+    /// port was taken before sshd could bind it.
+    fn spawn(dir: &Path, host_key: &Path, authorized: &Path) -> Option<(u16, Child, Output)> {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -166,23 +185,19 @@ impl Sshd {
             .expect("start sshd");
         let log = Output::capture(child.stderr.take().unwrap());
         let listening = format!("Server listening on 127.0.0.1 port {port}.");
-        wait_until("sshd to listen", || {
-            let text = log.text();
-            assert!(
-                !log.is_closed() || text.contains(&listening),
-                "sshd exited:\n{text}"
-            );
-            text.contains(&listening)
+        wait_until("sshd to listen or exit", || {
+            log.is_closed() || log.text().contains(&listening)
         });
-        // Whatever sshd says, a connection is what counts.
-        TcpStream::connect(("127.0.0.1", port)).expect("connect to sshd");
-        let host_key = fs::read_to_string(host_key.with_extension("pub")).unwrap();
-        Sshd {
-            port,
-            child,
-            log,
-            host_key,
+        let text = log.text();
+        if text.contains(&listening) {
+            return Some((port, child, log));
         }
+        let _ = child.wait();
+        assert!(
+            text.contains("Address already in use"),
+            "sshd exited:\n{text}"
+        );
+        None
     }
 
     /// The host key as known_hosts holds it: `TYPE BASE64`.

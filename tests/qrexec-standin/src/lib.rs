@@ -40,8 +40,8 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use agent::Service;
 use policy::Decision;
@@ -55,8 +55,9 @@ const TAG: &str = "qrexec-client-vm (stand-in)";
 /// Signals that end a run; the service goes with it.
 const ENDING_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
 
-/// The running executable service, for the signal watcher.
-static CHILD: AtomicI32 = AtomicI32::new(0);
+/// The running executable service, for the signal watcher; locked while the
+/// service starts, so that the watcher cannot miss one just started.
+static CHILD: Mutex<i32> = Mutex::new(0);
 static ENDING: OnceLock<Ending> = OnceLock::new();
 
 /// What must happen once, however the run ends: leave the concurrency count
@@ -98,12 +99,16 @@ fn count_in() {
 
 fn watch_signals() {
     let signal = sys::wait_signal(&ENDING_SIGNALS);
-    let child = CHILD.load(Ordering::SeqCst);
-    if child > 0 {
-        sys::kill(child, libc::SIGTERM);
+    // Held to the end: no service starts after this.
+    let child = CHILD.lock().unwrap_or_else(PoisonError::into_inner);
+    if *child > 0 {
+        sys::kill(*child, libc::SIGTERM);
     }
-    finish(&format!("signal {signal}"));
-    sys::die_by(signal);
+    if finish(&format!("signal {signal}")) {
+        sys::die_by(signal);
+    }
+    // The run had ended on its own (ssh's SIGHUP at its exit races the end
+    // of the call): the main thread is writing that status, and exits by it.
 }
 
 /// The whole program; returns the exit status.

@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
 use std::thread;
 
 use crate::{CHILD, TAG, sys};
@@ -137,6 +137,7 @@ pub fn executable(
         .stdout(Stdio::from(OwnedFd::from(theirs_out)))
         .stderr(Stdio::piped());
     sys::unblock_signals_in_child(&mut command);
+    let mut running = CHILD.lock().unwrap_or_else(PoisonError::into_inner);
     let spawned = command.spawn();
     // The service's ends must be closed here, or its output never ends.
     drop(command);
@@ -147,7 +148,8 @@ pub fn executable(
             return 125;
         }
     };
-    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    *running = child.id() as i32;
+    drop(running);
     let stderr = child.stderr.take().expect("stderr is piped");
     {
         let caller = caller.clone();

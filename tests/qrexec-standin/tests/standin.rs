@@ -497,3 +497,72 @@ fn counts_concurrent_calls_and_dies_by_signal() {
     assert_eq!(record.status(), "signal 15");
     wait_until("the service to end", || gone(service_pid));
 }
+
+/// Whether process `pid` holds a `flock(2)` lock, or waits for one: a
+/// line of /proc/locks (`N: FLOCK ADVISORY WRITE PID ...`, with `->` after
+/// `N:` for a waiter).
+fn flock_of(pid: u32, waiting: bool) -> bool {
+    let pid = pid.to_string();
+    fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .any(|line| {
+            let mut fields = line.split_whitespace().skip(1).peekable();
+            if fields.next_if_eq(&"->").is_some() != waiting {
+                return false;
+            }
+            fields.next() == Some("FLOCK") && fields.nth(2) == Some(pid.as_str())
+        })
+}
+
+/// ssh sends its ProxyCommand SIGHUP as it exits, just when the call ends
+/// on its own: a signal that comes while the run records its own end must
+/// not end the process before the status is written. The counter's lock,
+/// held here, stops the run inside that recording.
+#[test]
+fn a_signal_while_the_run_records_its_end_keeps_the_status() {
+    let w = World::new("late-signal");
+    w.policy("* * client work allow\n");
+    w.service("work", "qubes.Hold", "cat >/dev/null");
+    let mut child = w
+        .command(&["--", "work", "qubes.Hold"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the call to count itself in", || {
+        w.concurrency().first() == Some(&1)
+    });
+    let mut holder = Command::new("flock")
+        .arg(w.root.join("concurrency.lock"))
+        .arg("cat")
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("run flock(1)");
+    wait_until("flock(1) to hold the counter's lock", || {
+        flock_of(holder.id(), false)
+    });
+    // The service ends, and so does the run: it waits for the lock to
+    // count itself out, and only then writes its status.
+    drop(child.stdin.take());
+    let pid = child.id();
+    wait_until("the run to wait for the lock", || flock_of(pid, true));
+    test_support::sys::kill(pid as i32, libc::SIGHUP).unwrap();
+    // Only the waiting thread is left once the signal is handled (or
+    // nothing: the bug this test is about).
+    wait_until("the signal to be handled", || {
+        gone(pid as i32)
+            || fs::read_dir(format!("/proc/{pid}/task")).map_or(true, |t| t.count() == 1)
+    });
+    drop(holder.stdin.take());
+    assert!(holder.wait().unwrap().success());
+
+    use std::os::unix::process::ExitStatusExt;
+    let status = child.wait().unwrap();
+    let record = w.only_record();
+    assert_eq!(record.status(), "exit 0", "{status:?}");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert!(status.signal().is_none());
+    assert_eq!(w.concurrency(), [0, 1, 1]);
+}
