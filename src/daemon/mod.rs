@@ -157,47 +157,16 @@ fn serve(
     notifier: Notifier,
 ) -> Result<()> {
     let poll = Poll::new().context(|| "create the event loop".into())?;
-    let signals = SignalPipe::new(&[
-        libc::SIGCHLD,
-        libc::SIGTERM,
-        libc::SIGINT,
-        libc::SIGHUP,
-        libc::SIGPIPE,
-    ])
-    .context(|| "set up signal handling".into())?;
-    poll.registry()
-        .register(
-            &mut SourceFd(&signals.as_fd().as_raw_fd()),
-            SIGNALS,
-            Interest::READABLE,
-        )
-        .context(|| "watch signals".into())?;
+    let signals = watch_signals(&poll)?;
     // Only now that SIGTERM is handled: a manager that sees these lines may
     // stop us at once, and must get a clean exit.
-    for l in &listeners {
-        match &socks {
-            None => {
-                let source = l.source.as_ref().map(|s| format!(" ({s})"));
-                let source = source.as_deref().unwrap_or_default();
-                info!(target: "listener", "{} -> {} {}{source}", l.addr, l.target, l.call);
-            }
-            Some(s) => info!(
-                target: "listener",
-                "{} -> SOCKS5 CONNECT QUBE.qube:PORT -> QUBE qubes.ConnectTCP+PORT, {} calls starting at once at most",
-                l.addr, s.max_starting
-            ),
-        }
-    }
+    log_listeners(&listeners, socks.as_ref());
     let stderr = SharedStderr::new(poll.registry(), STDERR)
         .context(|| "create the children's stderr".into())?;
     // The SOCKS listeners' calls come from each handshake.
     let programs = match socks {
         Some(_) => Vec::new(),
-        None => listeners
-            .iter()
-            .map(|l| client.program(&l.target, &l.call))
-            .collect::<io::Result<Vec<_>>>()
-            .context(|| format!("prepare {}", client.path.display()))?,
+        None => prepare(&listeners, &client)?,
     };
     for listener in &listeners {
         crate::sys::set_nonblocking(listener.fd.as_fd(), true)
@@ -228,6 +197,53 @@ fn serve(
     let result = cx.event_loop();
     cx.stderr.close();
     result
+}
+
+/// The signals the loop handles, as a self-pipe it watches.
+fn watch_signals(poll: &Poll) -> Result<SignalPipe> {
+    let signals = SignalPipe::new(&[
+        libc::SIGCHLD,
+        libc::SIGTERM,
+        libc::SIGINT,
+        libc::SIGHUP,
+        libc::SIGPIPE,
+    ])
+    .context(|| "set up signal handling".into())?;
+    poll.registry()
+        .register(
+            &mut SourceFd(&signals.as_fd().as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )
+        .context(|| "watch signals".into())?;
+    Ok(signals)
+}
+
+/// One line per listener: where its connections go.
+fn log_listeners(listeners: &[Listener], socks: Option<&SocksOptions>) {
+    for l in listeners {
+        match socks {
+            None => {
+                let source = l.source.as_ref().map(|s| format!(" ({s})"));
+                let source = source.as_deref().unwrap_or_default();
+                info!(target: "listener", "{} -> {} {}{source}", l.addr, l.target, l.call);
+            }
+            Some(s) => info!(
+                target: "listener",
+                "{} -> SOCKS5 CONNECT QUBE.qube:PORT -> QUBE qubes.ConnectTCP+PORT, {} calls starting at once at most",
+                l.addr, s.max_starting
+            ),
+        }
+    }
+}
+
+/// One prepared qrexec-client-vm command line per listener.
+fn prepare(listeners: &[Listener], client: &Client) -> Result<Vec<Program>> {
+    listeners
+        .iter()
+        .map(|l| client.program(&l.target, &l.call))
+        .collect::<io::Result<Vec<_>>>()
+        .context(|| format!("prepare {}", client.path.display()))
 }
 
 impl Context {

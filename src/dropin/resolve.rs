@@ -181,24 +181,20 @@ pub fn resolve(
     let (ports, fdname) = merge(sources);
     let mut with_ports: Vec<usize> = ports.iter().map(|&(i, _)| i).collect();
     with_ports.dedup();
-    let files = |list: &[usize]| {
-        let labels: Vec<&str> = list.iter().map(|&i| sources[i].label.as_str()).collect();
-        if labels.is_empty() {
-            "no Listen lines".to_owned()
-        } else {
-            labels.join(", ")
-        }
+    let say = Refusal {
+        unit,
+        sources,
+        with_ports: &with_ports,
     };
-    let refuse = |what: String| format!("{unit}: {what} ({})", files(&with_ports));
     let effective = fdname.unwrap_or(unit);
     if effective != passed_name {
-        return Err(refuse(format!(
+        return Err(say.refuse(format!(
             "systemd passed the name {passed_name:?} but the unit's files say {effective:?}; \
              were they changed without `systemctl --user daemon-reload`?"
         )));
     }
     if ports.len() != fds.len() {
-        return Err(refuse(format!(
+        return Err(say.refuse(format!(
             "systemd passed {} sockets named {passed_name:?} but the unit's files declare {} ports",
             fds.len(),
             ports.len()
@@ -212,40 +208,82 @@ pub fn resolve(
     if !unnamed.is_empty() && unnamed.len() < with_ports.len() {
         return Err(format!(
             "{unit}: {} declares sockets without a FileDescriptorName of its own while other files name theirs ({})",
-            files(&unnamed),
-            files(&with_ports)
+            say.files(&unnamed),
+            say.files(&with_ports)
         ));
     }
     fds.iter()
         .zip(&ports)
         .map(|(fd, &(at, port))| {
-            let mut declaring: Vec<usize> = ports
-                .iter()
-                .filter(|(_, p)| p.stream.as_ref().is_some_and(|a| a.matches(fd, ifindex)))
-                .map(|&(i, _)| i)
-                .collect();
-            declaring.dedup();
-            let source = match declaring[..] {
-                [] => return Err(refuse(format!("{fd} is declared by no Listen line"))),
-                [one] => one,
-                _ => {
-                    return Err(format!(
-                        "{unit}: {fd} is declared by more than one file ({})",
-                        files(&declaring)
-                    ));
-                }
-            };
-            let here = port.stream.as_ref().is_some_and(|a| a.matches(fd, ifindex));
-            if source != at || !here {
-                return Err(refuse(format!(
-                    "{fd} is declared in {} but was passed where {} line {} is",
-                    sources[source].label, sources[at].label, port.line
-                )));
-            }
+            let source = place(fd, at, port, &ports, &say, ifindex)?;
             Ok(Resolved {
                 name: sources[source].own_name().unwrap_or(passed_name).to_owned(),
                 source: sources[source].label.clone(),
             })
         })
         .collect()
+}
+
+/// How a refusal names the unit and its files.
+struct Refusal<'a> {
+    unit: &'a str,
+    sources: &'a [Source],
+    /// The files with Listen lines.
+    with_ports: &'a [usize],
+}
+
+impl Refusal<'_> {
+    fn files(&self, list: &[usize]) -> String {
+        let labels: Vec<&str> = list
+            .iter()
+            .map(|&i| self.sources[i].label.as_str())
+            .collect();
+        if labels.is_empty() {
+            "no Listen lines".to_owned()
+        } else {
+            labels.join(", ")
+        }
+    }
+
+    fn refuse(&self, what: String) -> String {
+        format!("{}: {what} ({})", self.unit, self.files(self.with_ports))
+    }
+}
+
+/// The file that declares the socket `fd`, passed where the Listen line
+/// `port` of file `at` stands: by its address, and by its place, which
+/// must agree.
+fn place(
+    fd: &SockAddr,
+    at: usize,
+    port: &Port,
+    ports: &[(usize, &Port)],
+    say: &Refusal<'_>,
+    ifindex: &dyn Fn(&str) -> Option<u32>,
+) -> Result<usize, String> {
+    let mut declaring: Vec<usize> = ports
+        .iter()
+        .filter(|(_, p)| p.stream.as_ref().is_some_and(|a| a.matches(fd, ifindex)))
+        .map(|&(i, _)| i)
+        .collect();
+    declaring.dedup();
+    let source = match declaring[..] {
+        [] => return Err(say.refuse(format!("{fd} is declared by no Listen line"))),
+        [one] => one,
+        _ => {
+            return Err(format!(
+                "{}: {fd} is declared by more than one file ({})",
+                say.unit,
+                say.files(&declaring)
+            ));
+        }
+    };
+    let here = port.stream.as_ref().is_some_and(|a| a.matches(fd, ifindex));
+    if source != at || !here {
+        return Err(say.refuse(format!(
+            "{fd} is declared in {} but was passed where {} line {} is",
+            say.sources[source].label, say.sources[at].label, port.line
+        )));
+    }
+    Ok(source)
 }
