@@ -65,7 +65,7 @@ fn unavailable() -> Option<String> {
 fn ssh_user() -> (u32, u32) {
     static USER: OnceLock<(u32, u32)> = OnceLock::new();
     *USER.get_or_init(|| {
-        if lookup_user(SSH_USER).is_none() {
+        if common::user_manager::lookup_user(SSH_USER).is_none() {
             let out = Command::new("useradd")
                 .args(["--no-create-home", "--home-dir", "/", "--shell", "/bin/sh"])
                 .args(["--user-group", "--password", "*"])
@@ -73,41 +73,17 @@ fn ssh_user() -> (u32, u32) {
                 .output()
                 .expect("run useradd");
             assert!(
-                out.status.success() || lookup_user(SSH_USER).is_some(),
+                out.status.success() || common::user_manager::lookup_user(SSH_USER).is_some(),
                 "useradd {SSH_USER}: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        lookup_user(SSH_USER).expect("the ssh test user")
+        common::user_manager::lookup_user(SSH_USER).expect("the ssh test user")
     })
 }
 
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    let out = Command::new("getent")
-        .args(["passwd", name])
-        .output()
-        .ok()?;
-    let line = String::from_utf8(out.stdout).ok()?;
-    let fields: Vec<&str> = line.trim().split(':').collect();
-    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
-}
-
 fn keygen(path: &Path) {
-    let out = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "qrexec-connect test",
-            "-f",
-        ])
-        .arg(path)
-        .output()
-        .expect("run ssh-keygen");
-    assert!(out.status.success(), "ssh-keygen: {out:?}");
+    common::ssh_keygen(path, "qrexec-connect test");
 }
 
 /// A real sshd on 127.0.0.1, in the foreground, killed by pid when dropped.
