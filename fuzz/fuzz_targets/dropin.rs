@@ -6,8 +6,9 @@
 use std::path::PathBuf;
 
 use libfuzzer_sys::fuzz_target;
-use qrexec_connect::dropin::{ListenAddr, Source, Specifiers, resolve, search, specifier, syntax};
-use qrexec_connect::sys::socket::SockAddr;
+use qrexec_connect::dropin::{
+    ListenAddr, SockAddr, Source, Specifiers, resolve, search, specifier, syntax,
+};
 
 /// A refusal is logged as one line: the input it quotes must not break it.
 fn one_line(e: &str) {
