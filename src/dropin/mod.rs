@@ -22,12 +22,12 @@ pub mod search;
 pub mod specifier;
 pub mod syntax;
 
+/// The bound address a Listen line is matched against (for the fuzz target).
+pub use crate::sys::socket::SockAddr;
 pub use listen::ListenAddr;
 pub use load::resolve_names;
 pub use resolve::{Resolved, Source, resolve};
 pub use specifier::Specifiers;
-/// The bound address a Listen line is matched against (for the fuzz target).
-pub use crate::sys::socket::SockAddr;
 
 #[cfg(test)]
 mod tests;
