@@ -61,6 +61,9 @@ impl OwnUnit {
         })?;
         let units: Vec<&str> = path
             .split('/')
+            // systemd escapes a cgroup name that could clash with a kernel
+            // file by prefixing `_` (cg_escape(): `io.service` is `_io.service`).
+            .map(|c| c.strip_prefix('_').unwrap_or(c))
             .filter(|c| {
                 [".service", ".scope", ".slice"]
                     .iter()
@@ -175,6 +178,11 @@ mod tests {
             (
                 "12:pids:/user.slice\n1:name=systemd:/user.slice/user@1000.service/app.slice/gitweb.service\n0::/\n",
                 unit("gitweb.service", "gitweb.socket", Manager::User),
+            ),
+            // systemd's escape of a name that could be a kernel file's.
+            (
+                "0::/user.slice/user@1000.service/app.slice/_io.service\n",
+                unit("io.service", "io.socket", Manager::User),
             ),
             // In a delegated subgroup of the service.
             (

@@ -99,9 +99,16 @@ fn bad_arguments_exit_2() {
         (applet("qrexec-connect-unix"), &["../x"][..]),
         (Program::Plain, &["--argument", "1"][..]),
         (Program::Plain, &["--service=qubes.X/y"][..]),
+        (applet("qrexec-connect-socks"), &["--max-starting=0"][..]),
+        // Past a minute a deadline could overflow the clock.
+        (
+            applet("qrexec-connect-socks"),
+            &["--starting-ms=18446744073709551615"][..],
+        ),
     ] {
         let (code, _, err) = run(&program, args, &world);
         assert_eq!(code, Some(2), "{program:?} {args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{program:?} {args:?}: {err}");
     }
 }
 

@@ -26,6 +26,9 @@ use crate::stdin_socket;
 // The options from --max-connections on are the client applets' too
 // (client/config.rs), word for word: argh has no way to share fields
 // between two structs (no `flatten`); what is done with them is shared.
+/// The longest `--starting-ms`.
+const MAX_STARTING_MS: u64 = 60_000;
+
 #[derive(FromArgs, Debug)]
 /// A SOCKS5 proxy to qubes: each CONNECT to QUBE.qube:PORT becomes
 /// `qrexec-client-vm QUBE qubes.ConnectTCP+PORT`, allowed or refused by
@@ -37,7 +40,7 @@ struct Args {
     max_starting: usize,
 
     /// milliseconds a call counts as starting unless it ends sooner
-    /// (default 500)
+    /// (default 500, at most 60000)
     #[argh(option, default = "500")]
     starting_ms: u64,
 
@@ -94,6 +97,12 @@ pub fn run(applet: &'static Applet, raw: &[&str]) -> Result<u8> {
         if value == 0 {
             return Err(Error::Usage(format!("{name} must be at least 1")));
         }
+    }
+    // A deadline is an Instant plus this: bounded, it cannot overflow.
+    if args.starting_ms > MAX_STARTING_MS {
+        return Err(Error::Usage(format!(
+            "--starting-ms must be at most {MAX_STARTING_MS} (a minute)"
+        )));
     }
     let path = qrexec::client_vm_path(
         args.qrexec_client_vm.clone(),

@@ -109,6 +109,9 @@ impl Context {
             for (pid, exit) in ended.drain(..) {
                 self.release(pid, exit);
             }
+            // Only once every reaped pid is released: a child started here
+            // may get the pid of one reaped in the same batch.
+            self.start_queued();
         }
         self.ended = ended;
     }
@@ -141,7 +144,6 @@ impl Context {
         }
         if let Some(socks) = self.socks.as_mut() {
             socks.ended(pid);
-            self.start_queued();
         }
         let now = Instant::now();
         if self.open() == 0 {
