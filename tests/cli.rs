@@ -100,7 +100,7 @@ fn bad_arguments_exit_2() {
         (Program::Plain, &["--argument", "1"][..]),
         (Program::Plain, &["--service=qubes.X/y"][..]),
         (applet("qrexec-connect-socks"), &["--max-starting=0"][..]),
-        // Past a minute a deadline could overflow the clock.
+        // Past a day: a deadline must not overflow the clock.
         (
             applet("qrexec-connect-socks"),
             &["--starting-ms=18446744073709551615"][..],

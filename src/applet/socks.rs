@@ -27,7 +27,7 @@ use crate::stdin_socket;
 // (client/config.rs), word for word: argh has no way to share fields
 // between two structs (no `flatten`); what is done with them is shared.
 /// The longest `--starting-ms`.
-const MAX_STARTING_MS: u64 = 60_000;
+const MAX_STARTING_MS: u64 = 86_400_000;
 
 #[derive(FromArgs, Debug)]
 /// A SOCKS5 proxy to qubes: each CONNECT to QUBE.qube:PORT becomes
@@ -40,7 +40,7 @@ struct Args {
     max_starting: usize,
 
     /// milliseconds a call counts as starting unless it ends sooner
-    /// (default 500, at most 60000)
+    /// (default 500, at most 86400000: a day)
     #[argh(option, default = "500")]
     starting_ms: u64,
 
@@ -101,7 +101,7 @@ pub fn run(applet: &'static Applet, raw: &[&str]) -> Result<u8> {
     // A deadline is an Instant plus this: bounded, it cannot overflow.
     if args.starting_ms > MAX_STARTING_MS {
         return Err(Error::Usage(format!(
-            "--starting-ms must be at most {MAX_STARTING_MS} (a minute)"
+            "--starting-ms must be at most {MAX_STARTING_MS} (a day)"
         )));
     }
     let path = qrexec::client_vm_path(

@@ -101,14 +101,18 @@ fn watch_signals() {
     let signal = sys::wait_signal(&ENDING_SIGNALS);
     // Held to the end: no service starts after this.
     let child = CHILD.lock().unwrap_or_else(PoisonError::into_inner);
+    // The end is claimed before the service is ended: ending it first would
+    // let the main thread take the service's status (143) for the run's.
+    if !finish(&format!("signal {signal}")) {
+        // The run had ended on its own (ssh's SIGHUP at its exit races the
+        // end of the call): the main thread is writing that status, and
+        // exits by it.
+        return;
+    }
     if *child > 0 {
         sys::kill(*child, libc::SIGTERM);
     }
-    if finish(&format!("signal {signal}")) {
-        sys::die_by(signal);
-    }
-    // The run had ended on its own (ssh's SIGHUP at its exit races the end
-    // of the call): the main thread is writing that status, and exits by it.
+    sys::die_by(signal);
 }
 
 /// The whole program; returns the exit status.
