@@ -219,32 +219,63 @@ fn splice_direct(from: &End, to: &End, moved: &AtomicU64) -> Result<Spliced, Err
 }
 
 /// Neither end is a pipe: splice into a pipe of our own, then out of it.
+///
+/// While the pipe is grown, a receive timeout on the source (`SO_RCVTIMEO`,
+/// which splice honours) tells when it has been idle for `pipe_size::IDLE`:
+/// the blocking splice fails with EAGAIN and the pipe shrinks back, at no
+/// cost per splice. A source that takes no timeout (not a socket) is asked
+/// with `poll(2)` after each splice instead.
 fn splice_through_pipe(from: &End, to: &End, moved: &AtomicU64) -> Result<Spliced, Error> {
     let (pipe_out, pipe_in) = sys::pipe().map_err(|e| Error::io("create a pipe", e))?;
     let initial = splice::pipe_size(pipe_in.as_fd()).unwrap_or(DEFAULT_PIPE_SIZE);
     let bulk = if from.tcp { TCP_PIPE_SIZE } else { PIPE_SIZE };
     let mut size = PipeSize::new(initial, bulk);
+    let timeouts = from.kind == FileKind::Socket;
     loop {
         let n = match splice::splice(from.fd.as_fd(), pipe_in.as_fd(), size.capacity()) {
             Ok(0) => return Ok(Spliced::Eof),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && timeouts && size.is_grown() => {
+                // Idle for IDLE with a grown, empty pipe: give it back.
+                if let Some(capacity) = size.idle() {
+                    size.set(splice::set_pipe_size(pipe_in.as_fd(), capacity));
+                }
+                set_idle_timeout(from, false);
+                continue;
+            }
             Err(e) if is_unsupported(&e) => return Ok(Spliced::Unsupported),
             Err(e) => return Err(Error::io(format!("read from {}", from.name), e)),
         };
         if !drain(&pipe_out, from, to, n, moved)? {
+            // The copying that follows must wait for ever.
+            set_idle_timeout(from, false);
             return Ok(Spliced::Unsupported);
         }
         let idle = || {
-            let readable = sys::poll_one(from.fd.as_fd(), libc::POLLIN, Some(pipe_size::IDLE));
-            matches!(readable, Ok(false))
+            // With a receive timeout, the next splice finds out itself.
+            !timeouts && {
+                let readable = sys::poll_one(from.fd.as_fd(), libc::POLLIN, Some(pipe_size::IDLE));
+                matches!(readable, Ok(false))
+            }
         };
+        let was_grown = size.is_grown();
         if let Some(capacity) = size.next(n, idle) {
             // The pipe is empty: any size holds it. A refusal (the user's
             // pipe quota) only costs speed.
             size.set(splice::set_pipe_size(pipe_in.as_fd(), capacity));
         }
+        if timeouts && size.is_grown() != was_grown {
+            set_idle_timeout(from, size.is_grown());
+        }
     }
+}
+
+/// Arms (or disarms) the receive timeout that tells a grown pipe's source
+/// is idle. Should it fail, the pipe only stays grown while the call lasts.
+fn set_idle_timeout(from: &End, on: bool) {
+    let timeout = on.then_some(pipe_size::IDLE);
+    let _ = socket::set_recv_timeout(from.fd.as_fd(), timeout);
 }
 
 /// Splices the `len` bytes in our pipe out to `to`: `true`. Where `to` does

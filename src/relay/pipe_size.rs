@@ -77,6 +77,19 @@ impl PipeSize {
         None
     }
 
+    /// Whether the pipe is larger than the kernel gave it.
+    pub fn is_grown(&self) -> bool {
+        self.capacity > self.initial
+    }
+
+    /// The source stayed idle for `IDLE` while the pipe was grown (learnt
+    /// from a receive timeout rather than `next`'s question): the capacity to
+    /// set now.
+    pub fn idle(&mut self) -> Option<usize> {
+        self.bulk_fills = 0;
+        self.is_grown().then_some(self.initial)
+    }
+
     /// What `F_SETPIPE_SZ` did with the size `next` asked for; a refusal
     /// leaves the capacity as it was.
     pub fn set(&mut self, result: io::Result<usize>) {
@@ -106,6 +119,13 @@ mod tests {
         size.set(Ok(BULK));
         assert_eq!(size.capacity(), BULK);
         size
+    }
+
+    #[test]
+    fn a_receive_timeout_shrinks_a_grown_pipe_only() {
+        assert_eq!(grown().idle(), Some(DEFAULT));
+        assert_eq!(PipeSize::new(DEFAULT, BULK).idle(), None);
+        assert!(!PipeSize::new(DEFAULT, BULK).is_grown());
     }
 
     #[test]

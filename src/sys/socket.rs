@@ -46,6 +46,8 @@ unsafe trait SockOptValue: Copy {}
 unsafe impl SockOptValue for libc::c_int {}
 // SAFETY: three integers (pid, uid, gid): any bits are a valid value.
 unsafe impl SockOptValue for libc::ucred {}
+// SAFETY: two integers (seconds, microseconds): any bits are a valid value.
+unsafe impl SockOptValue for libc::timeval {}
 
 /// `getsockopt(2)` of an option whose value is a `T`.
 fn getsockopt<T: SockOptValue>(
@@ -249,6 +251,21 @@ pub fn queued_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
     // SAFETY: FIONREAD writes one int to the pointer given.
     syscall!(ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n))?;
     Ok(n.max(0) as usize)
+}
+
+/// `setsockopt(SO_RCVTIMEO)`: a blocking receive (and a splice out of the
+/// socket) fails with EAGAIN after `timeout` without data; `None` waits
+/// for ever.
+pub fn set_recv_timeout(
+    fd: BorrowedFd<'_>,
+    timeout: Option<std::time::Duration>,
+) -> io::Result<()> {
+    let timeout = timeout.unwrap_or_default();
+    let value = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: libc::suseconds_t::from(timeout.subsec_micros()),
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, value)
 }
 
 /// `shutdown(2)` of one or both directions.
