@@ -34,6 +34,7 @@ pub fn run(args: &[&str]) -> Result<u8> {
         .iter()
         .filter(|r| r.socket == socket && !matched.contains(r))
         .count();
+    keeps_its_unit(&files, rest, &socket)?;
     // The one qrexec-connect.service, or a service a hand-written
     // `Service=` socket also triggers, starts again for its other sockets.
     let shared = rows
@@ -125,6 +126,25 @@ fn select<'a>(rows: &'a [Row], which: &str) -> Vec<&'a Row> {
         .collect()
 }
 
+/// Refuses to delete the socket unit's own file (not a drop-in, which
+/// lives in a `NAME.d/` directory) while the unit keeps other addresses:
+/// a drop-in of someone else's would be left without its unit.
+fn keeps_its_unit(files: &[String], rest: usize, socket: &str) -> Result<()> {
+    let is_drop_in = |file: &str| {
+        std::path::Path::new(file)
+            .parent()
+            .and_then(|dir| dir.file_name())
+            .is_some_and(|dir| dir.to_string_lossy().ends_with(".d"))
+    };
+    match files.iter().find(|f| !is_drop_in(f)) {
+        Some(unit) if rest > 0 => Err(Error::Usage(format!(
+            "{unit} is {socket} itself, which still listens on {rest} other address(es) from \
+             files qrexec-connect add did not write: remove those first (systemctl --user cat {socket})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The files that define these rows, each checked to carry `add`'s mark.
 fn files_to_delete(rows: &[&Row]) -> Result<Vec<String>> {
     let mut files: Vec<String> = Vec::new();
@@ -146,4 +166,26 @@ fn files_to_delete(rows: &[&Row]) -> Result<Vec<String>> {
         }
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_unit_file_stays_while_it_has_other_addresses() {
+        let unit =
+            "/home/u/.config/systemd/user/qrexec-connect-work-qubes.GetDate.socket".to_owned();
+        let drop_in =
+            "/home/u/.config/systemd/user/qrexec-connect-tcp@22.socket.d/work.conf".to_owned();
+        let socket = "qrexec-connect-work-qubes.GetDate.socket";
+        let e = keeps_its_unit(std::slice::from_ref(&unit), 1, socket).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with(&format!("{unit} is {socket} itself")),
+            "{e}"
+        );
+        assert!(keeps_its_unit(std::slice::from_ref(&unit), 0, socket).is_ok());
+        assert!(keeps_its_unit(std::slice::from_ref(&drop_in), 1, socket).is_ok());
+    }
 }
