@@ -43,7 +43,7 @@ impl Context {
     }
 
     /// Out of descriptors, processes or memory: accepting pauses a while.
-    fn back_off(&mut self) {
+    pub(super) fn back_off(&mut self) {
         self.pause_accepting();
         self.backoff.pause(Instant::now());
     }

@@ -254,7 +254,8 @@ impl Context {
     /// Starts the waiting connections that may start now, oldest first.
     pub(super) fn start_queued(&mut self) {
         let now = Instant::now();
-        while self.lifecycle.is_serving() {
+        // Out of descriptors or processes, the waiting ones wait on.
+        while self.lifecycle.is_serving() && !self.backoff.is_pausing() {
             let Some(socks) = self.socks.as_mut() else {
                 return;
             };
@@ -294,7 +295,15 @@ impl Context {
             Ok(pid) => pid,
             Err(e) => {
                 report::not_started(route, &peer, &self.client.path.display(), &e);
+                self.counters.not_started();
+                self.status.changed(now);
                 self.handshake_over();
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::EAGAIN)
+                ) {
+                    self.back_off();
+                }
                 return;
             }
         };
