@@ -20,29 +20,7 @@ use crate::sys::socket::SockAddr;
 use super::resolve::{self, Resolved, Source};
 use super::search::{self, UserEnv};
 use super::specifier::Specifiers;
-
-/// Our service unit from the text of `/proc/self/cgroup`: the deepest
-/// `*.service` of the unified hierarchy (`0::`), else of `name=systemd`.
-pub fn own_unit(cgroup: &str) -> Option<String> {
-    let path_of = |want: &dyn Fn(&str, &str) -> bool| {
-        cgroup.lines().find_map(|line| {
-            let mut parts = line.splitn(3, ':');
-            let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            want(id, controllers).then_some(path)
-        })
-    };
-    let service = |path: &str| {
-        path.split('/')
-            // systemd escapes a cgroup name that could clash with a kernel
-            // file by prefixing `_` (cg_escape()).
-            .map(|c| c.strip_prefix('_').unwrap_or(c))
-            .rfind(|c| c.ends_with(".service"))
-            .map(str::to_owned)
-    };
-    path_of(&|id, c| id == "0" && c.is_empty())
-        .and_then(service)
-        .or_else(|| path_of(&|_, c| c.split(',').any(|c| c == "name=systemd")).and_then(service))
-}
+use crate::own_unit::OwnUnit;
 
 /// The socket unit that triggers a templated service instance:
 /// `foo@bar.service` -> `foo@bar.socket`; `None` for a plain service.
@@ -141,7 +119,7 @@ pub fn load_sources(unit: &str, env: &UserEnv, values: &Specifiers) -> Result<Ve
 /// where the name systemd passed stands. Reads nothing unless two fds share
 /// a name. Refuses (status 2, one line) whenever the files do not say one
 /// thing.
-pub fn resolve_names(passed: &[Passed]) -> Result<Vec<Option<Resolved>>> {
+pub fn resolve_names(passed: &[Passed], own: Option<&OwnUnit>) -> Result<Vec<Option<Resolved>>> {
     let shared = passed
         .iter()
         .enumerate()
@@ -149,9 +127,7 @@ pub fn resolve_names(passed: &[Passed]) -> Result<Vec<Option<Resolved>>> {
     if !shared {
         return Ok(vec![None; passed.len()]);
     }
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
-        .map_err(|e| Error::io("read /proc/self/cgroup", e))?;
-    let Some(unit) = own_unit(&cgroup).as_deref().and_then(socket_unit_of) else {
+    let Some(unit) = own.and_then(|own| socket_unit_of(&own.service)) else {
         return Ok(vec![None; passed.len()]);
     };
     let env = UserEnv::from_env();
@@ -195,24 +171,6 @@ pub fn resolve_names(passed: &[Passed]) -> Result<Vec<Option<Resolved>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn our_unit_from_the_cgroup() {
-        let v2 = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/qrexec-connect-tcp@1234.service\n";
-        assert_eq!(
-            own_unit(v2).as_deref(),
-            Some("qrexec-connect-tcp@1234.service")
-        );
-        let hybrid = "12:cpu,cpuacct:/\n1:name=systemd:/user.slice/user@1000.service/app.slice/_x.service\n0::/\n";
-        assert_eq!(
-            own_unit(hybrid).as_deref(),
-            Some("x.service"),
-            "0:: names no service: name=systemd does"
-        );
-        let v1 = "1:name=systemd:/user.slice/user@1000.service/app.slice/_x.service\n";
-        assert_eq!(own_unit(v1).as_deref(), Some("x.service"));
-        assert_eq!(own_unit("0::/init.scope\n"), None);
-    }
 
     #[test]
     fn the_socket_of_a_templated_service() {

@@ -19,8 +19,8 @@ pub(super) enum Sockets {
 
 /// Routes every passed socket; refuses a connected one among several.
 pub(super) fn sockets(mut passed: Vec<Passed>, call: Option<&Call>) -> Result<Sockets> {
-    let sources = names_from_drop_ins(&mut passed)?;
     let own = OwnUnit::current();
+    let sources = names_from_drop_ins(&mut passed, own.as_ref())?;
     let routes = route(&passed, call, own.as_ref(), OwnUnit::triggered_by)?;
     if let Some(p) = passed.iter().find(|p| !p.listening)
         && passed.len() > 1
@@ -58,8 +58,11 @@ pub(super) fn sockets(mut passed: Vec<Passed>, call: Option<&Call>) -> Result<So
 /// (the last drop-in's), gives each the name of the drop-in that declares
 /// it ([`dropin::resolve_names`]; reads nothing when the names differ).
 /// Returns where each socket's name came from, `None` where systemd's stands.
-fn names_from_drop_ins(passed: &mut [Passed]) -> Result<Vec<Option<String>>> {
-    let resolved = dropin::resolve_names(passed)?;
+fn names_from_drop_ins(
+    passed: &mut [Passed],
+    own: Option<&OwnUnit>,
+) -> Result<Vec<Option<String>>> {
+    let resolved = dropin::resolve_names(passed, own)?;
     let sources = passed.iter_mut().zip(resolved).map(|(p, r)| {
         let r = r?;
         p.name = Some(r.name);
